@@ -1,0 +1,271 @@
+"""Run one job: pick its identity and SNI, send the request, read a bounded answer, make a Result.
+
+``Caller.run(job)`` never raises for a job's own trouble: every failure becomes a Result with an
+``error`` of the contract's kinds. Only cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+from cryptography import x509
+
+from .classify import Attempt, classify
+from .config import AgentConfig
+from .credentials import Credentials, Identity
+from .errors import AgentError, CallError, TLSError
+from .jobs import Job, Result, SoapFault, TLSInfo
+from .probe import peer_names
+from .tls import choose_sni, is_ip_literal
+from .transport import Transport, proxy_args
+
+log = logging.getLogger("agent.call")
+
+RETRYABLE = {"connect", "timeout", "tls_handshake", "dns"}
+TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/soap+xml",
+    "+json",
+    "+xml",
+)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    url: str
+    host: str
+    port: int
+    method: str
+    headers: dict[str, str]
+    body: bytes | None
+    server_hostname: str | None
+    ssl: ssl.SSLContext
+    identity_key: str
+    tls: TLSInfo
+    attempt: Attempt
+
+
+def _target(job: Job, identity: Identity) -> tuple[str, str, int]:
+    """The https URL, host and port for a job (``<profile>://`` becomes https)."""
+    parts = urlsplit(job.endpoint)
+    host = parts.hostname or ""
+    default_port = 443 if parts.scheme.lower() == "https" else identity.port
+    port = parts.port or default_port
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.port is None and port != 443:
+        netloc = f"{netloc}:{port}"
+    return urlunsplit(("https", netloc, parts.path or "/", parts.query, "")), host, port
+
+
+def _is_text(content_type: str) -> bool:
+    ct = content_type.lower()
+    return any(t in ct for t in TEXT_TYPES)
+
+
+class Caller:
+    def __init__(self, config: AgentConfig, credentials: Credentials, transport: Transport) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.transport = transport
+
+    async def run(self, job: Job, attempts_before: int = 0) -> Result:
+        """Run the job with its retries; the Result counts every attempt made."""
+        start = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            result = await self.run_once(job)
+            kind = result.error.kind if result.error else None
+            if kind not in RETRYABLE or attempt >= job.max_attempts:
+                break
+            await asyncio.sleep(_backoff(attempt))
+        elapsed = round((time.perf_counter() - start) * 1000, 3)
+        return replace(result, attempts=attempts_before + attempt, elapsed_ms=elapsed)
+
+    async def run_once(self, job: Job) -> Result:
+        start = time.perf_counter()
+        prepared: Prepared | None = None
+        try:
+            prepared = await self.prepare(job)
+            async with asyncio.timeout(job.timeout):
+                result = await self._send(job, prepared)
+        except AgentError as exc:
+            result = Result.failed(job.id, exc.kind, exc.message)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+            if prepared is None:
+                log.exception("job %s: unexpected failure", job.id)
+                result = Result.failed(job.id, "connect", f"unexpected failure: {exc!r}")
+            else:
+                err = await self._explained(_classified(exc, prepared), prepared)
+                result = Result.failed(job.id, err.kind, err.message, tls=prepared.tls)
+        elapsed = round((time.perf_counter() - start) * 1000, 3)
+        return replace(result, elapsed_ms=elapsed)
+
+    async def prepare(self, job: Job) -> Prepared:
+        identity = await self.credentials.for_job(job)
+        url, host, port = _target(job, identity)
+        choice = choose_sni(
+            host, job=job.sni, profile=identity.sni, global_enabled=self.config.sni_enabled
+        )
+        ctx = identity.context(send_sni=choice.send is not None or is_ip_literal(host))
+        headers = dict(job.headers)
+        body = job.body
+        if job.topic == "SOAPProbe":
+            body, headers = _soap_request(job, headers)
+        elif not any(k.lower() == "idempotency-key" for k in headers):
+            headers["Idempotency-Key"] = job.id
+        return Prepared(
+            url=url,
+            host=host,
+            port=port,
+            method=job.method,
+            headers=headers,
+            body=body,
+            server_hostname=choice.send if choice.send and choice.send != host else None,
+            ssl=ctx,
+            identity_key=identity.key,
+            tls=TLSInfo(sni=choice.send, client_certificate=identity.client_subject),
+            attempt=Attempt(host, port, choice.send, identity.profile, identity.client_subject),
+        )
+
+    async def _explained(self, err: CallError, p: Prepared) -> CallError:
+        """A hostname mismatch found by OpenSSL does not say what the certificate is for: look.
+
+        One extra handshake, only on this failure, presenting no client certificate.
+        """
+        if err.kind != "hostname_mismatch" or "names:" in err.message or self.config.proxy:
+            return err
+        names = await peer_names(p.host, p.port, p.attempt.sni, self.config.resolve)
+        if names is None:
+            return err
+        return TLSError(err.kind, f"{err.message} (the certificate is for: {names or 'no names'})")
+
+    async def _send(self, job: Job, p: Prepared) -> Result:
+        kwargs = proxy_args(self.config.proxy)
+        if p.server_hostname:
+            kwargs["server_hostname"] = p.server_hostname
+        async with (
+            self.transport.session(p.identity_key) as session,
+            session.request(
+                p.method,
+                p.url,
+                headers=p.headers,
+                data=p.body,
+                ssl=p.ssl,
+                allow_redirects=False,
+                **kwargs,
+            ) as resp,
+        ):
+            tls = _tls_details(resp, p.tls)
+            data = await _read_bounded(resp, self.config.max_response_bytes, p)
+            headers = {k: v for k, v in resp.headers.items()}
+            fault = _soap_fault(job, data) if job.topic == "SOAPProbe" else None
+            text = _as_text(data, resp.headers.get("Content-Type", ""), resp.charset)
+            return Result(
+                id=job.id,
+                state="processed",
+                status=resp.status,
+                headers=headers,
+                body=text,
+                body_base64=None if text is not None else base64.b64encode(data).decode(),
+                soap_fault=fault,
+                tls=tls,
+            )
+
+
+def _classified(exc: Exception, p: Prepared) -> CallError:
+    try:
+        return classify(exc, p.attempt)
+    except Exception:  # noqa: BLE001 - an unforeseen failure still ends as a result
+        log.exception("cannot classify a failure calling %s:%d", p.host, p.port)
+        return CallError("connect", f"call to {p.host}:{p.port} failed: {exc!r}")
+
+
+def _backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, p: Prepared) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        resp.close()
+        raise CallError(
+            "response_too_large",
+            f"{p.host} answered {declared} bytes, over agent.max_response_bytes ({limit})",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            raise CallError(
+                "response_too_large",
+                f"{p.host} answered more than agent.max_response_bytes ({limit} bytes)",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _as_text(data: bytes, content_type: str, charset: str | None) -> str | None:
+    """The body as text when it is text, else None (the caller sends base64)."""
+    if not data:
+        return ""
+    if content_type and not _is_text(content_type):
+        return None
+    try:
+        return data.decode(charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def _subject(der: bytes | None) -> str | None:
+    if not der:
+        return None
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def _tls_details(resp: aiohttp.ClientResponse, base: TLSInfo) -> TLSInfo:
+    # A short answer may already be read and its connection back in the pool: the protocol
+    # (kept by the response) still holds the TLS transport.
+    conn = resp.connection
+    protocol = conn.protocol if conn is not None else getattr(resp, "_protocol", None)
+    transport = getattr(protocol, "transport", None)
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if not isinstance(obj, ssl.SSLObject):
+        return base
+    cipher = obj.cipher()
+    return replace(
+        base,
+        version=obj.version(),
+        cipher=cipher[0] if cipher else None,
+        server_certificate=_subject(obj.getpeercert(binary_form=True)),
+    )
+
+
+def _soap_request(job: Job, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    from .soap import build_request
+
+    body, soap_headers = build_request(job.body, version=job.soap_version, action=job.soap_action)
+    merged = {
+        k: v for k, v in headers.items() if k.lower() not in {h.lower() for h in soap_headers}
+    }
+    merged.update(soap_headers)
+    return body, merged
+
+
+def _soap_fault(job: Job, data: bytes) -> SoapFault | None:
+    from .soap import parse_response
+
+    return parse_response(data, version=job.soap_version).fault

@@ -1,0 +1,244 @@
+"""The command line: ``agent run | enqueue | result | call | demo | validate | sni-check``.
+
+Exit codes follow the contract. A config that cannot be used exits 2 with one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import AgentConfig
+from .errors import AgentError, ConfigError, JobError
+from .jobs import Job
+from .logs import setup_logging
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("AGENT_CONFIG") or "config.xml")
+
+
+def _load(args: argparse.Namespace) -> AgentConfig:
+    from .secure import load_secure_config
+
+    return load_secure_config(_config_path(args))
+
+
+def _read_input(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text()
+    except OSError as exc:
+        raise JobError("(file)", f"cannot read {name}: {exc.strerror}") from None
+
+
+def parse_jobs(text: str) -> list[Job]:
+    """One job, a JSON array of jobs, or JSON lines; errors name the job and the field."""
+    stripped = text.strip()
+    if not stripped:
+        raise JobError("(input)", "no job given")
+    try:
+        data = json.loads(stripped)
+        items: list[Any] = data if isinstance(data, list) else [data]
+        where = "job #{}"
+    except json.JSONDecodeError as exc:
+        items, where = [], "line {}"
+        for line in stripped.splitlines():
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise JobError(
+                    "(input)", f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+                ) from None
+    jobs = []
+    for number, item in enumerate(items, 1):
+        try:
+            jobs.append(Job.from_dict(item))
+        except JobError as exc:
+            prefix = where.format(number) if len(items) > 1 else "job"
+            raise JobError(exc.field, f"{prefix}: {exc.message}") from None
+    return jobs
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+async def _with_queue(config: AgentConfig, fn: Any) -> Any:
+    from .queues import open_queue
+
+    queue = open_queue(config)
+    await queue.open()
+    try:
+        return await fn(queue)
+    finally:
+        await queue.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import Daemon
+
+    config = _load(args)
+    setup_logging(config.log_level)
+    for warning in config.warnings:
+        import logging
+
+        logging.getLogger("agent.config").warning("%s", warning)
+    if config.workers > 1 and "AGENT_WORKER_INDEX" not in os.environ:
+        from .supervisor import Supervisor
+
+        supervisor = Supervisor(_config_path(args), config.workers, burst=args.burst)
+        return asyncio.run(supervisor.run())
+    daemon = Daemon(config, _config_path(args), burst=args.burst)
+    return asyncio.run(daemon.run())
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    config = _load(args)
+    jobs = parse_jobs(_read_input(args.file))
+    ids = asyncio.run(_with_queue(config, lambda q: q.enqueue(jobs)))
+    for job_id in ids:
+        print(job_id)
+    return EXIT_OK
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def poll(queue: Any) -> int:
+        deadline = time.monotonic() + (args.wait or 0)
+        delay = 0.05
+        while True:
+            status = await queue.status(args.id)
+            if status is None:
+                print(f"unknown job id {args.id!r}", file=sys.stderr)
+                return EXIT_UNKNOWN
+            if status.result is not None:
+                _print_json(status.result.to_dict())
+                return EXIT_OK
+            if time.monotonic() >= deadline:
+                _print_json({"id": args.id, "state": status.state})
+                return EXIT_PENDING
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+
+    code: int = asyncio.run(_with_queue(config, poll))
+    return code
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from .runtime import Engine
+
+    config = _load(args)
+    setup_logging(config.log_level)
+    jobs = parse_jobs(_read_input(args.file))
+    if len(jobs) != 1:
+        raise JobError("(input)", f"agent call runs one job; {len(jobs)} were given")
+
+    async def once() -> int:
+        engine = Engine(config)
+        try:
+            result = await engine.caller.run(jobs[0])
+        finally:
+            await engine.close()
+        _print_json(result.to_dict())
+        return EXIT_OK if result.state == "processed" else EXIT_FAIL
+
+    return asyncio.run(once())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return asyncio.run(run_demo(keep=args.keep))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import run_validate
+
+    config = _load(args)
+    return asyncio.run(run_validate(config, profile=args.profile, as_json=args.json))
+
+
+def cmd_sni_check(args: argparse.Namespace) -> int:
+    from .snicheck import run_sni_check
+
+    config = _load(args)
+    return asyncio.run(run_sni_check(config, args.url, profile=args.profile))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config.xml (default: $AGENT_CONFIG or ./config.xml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="agent",
+        description="Forwarding agent: REST and SOAP over mutual TLS from a queue.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", parents=[common], help="the daemon: poll, run, report")
+    p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("enqueue", parents=[common], help="validate and enqueue jobs")
+    p.add_argument("file", help="JSON job, array or JSON lines; - for standard input")
+    p.set_defaults(fn=cmd_enqueue)
+    p = sub.add_parser("result", parents=[common], help="print a job's result")
+    p.add_argument("id")
+    p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds")
+    p.set_defaults(fn=cmd_result)
+    p = sub.add_parser("call", parents=[common], help="run one job now, without the queue")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_call)
+    p = sub.add_parser("demo", parents=[common], help="end to end on embedded defaults")
+    p.add_argument("--keep", action="store_true", help="keep the demo's directory")
+    p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("validate", parents=[common], help="check config and key material")
+    p.add_argument("--profile")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("sni-check", parents=[common], help="handshake with and without SNI")
+    p.add_argument("url")
+    p.add_argument("--profile")
+    p.set_defaults(fn=cmd_sni_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    try:
+        code: int = args.fn(args)
+        return code
+    except ConfigError as exc:
+        print(f"agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except JobError as exc:
+        print(f"agent: invalid job: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentError as exc:
+        print(f"agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

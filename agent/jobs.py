@@ -1,0 +1,328 @@
+"""Jobs and results: the contract's JSON, validated into frozen dataclasses.
+
+Pure logic: no I/O. ``Job.from_dict`` raises ``JobError`` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from .errors import JobError
+
+Topic = Literal["RESTProbe", "SOAPProbe"]
+SNI = bool | str | None
+
+TOPICS = ("RESTProbe", "SOAPProbe")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+JOB_FIELDS = frozenset(
+    {
+        "id",
+        "topic",
+        "endpoint",
+        "method",
+        "headers",
+        "body",
+        "body_base64",
+        "soap_action",
+        "soap_version",
+        "protocol_profile",
+        "inline_profile",
+        "sni",
+        "timeout",
+        "max_attempts",
+    }
+)
+MAX_ID_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class InlineProfile:
+    """Key material carried by the job itself (an inline record)."""
+
+    keystore_data: bytes
+    keystore_type: str | None = None
+    password: str | None = field(default=None, repr=False)
+    alias: str | None = None
+    truststore_pem: bytes | None = None
+    sni: SNI = None
+
+    def to_dict(self) -> dict[str, Any]:
+        keystore: dict[str, Any] = {"data_base64": base64.b64encode(self.keystore_data).decode()}
+        for key, value in (
+            ("type", self.keystore_type),
+            ("password", self.password),
+            ("alias", self.alias),
+        ):
+            if value is not None:
+                keystore[key] = value
+        out: dict[str, Any] = {"keystore": keystore}
+        if self.truststore_pem is not None:
+            out["truststore_pem"] = self.truststore_pem.decode()
+        if self.sni is not None:
+            out["sni"] = self.sni
+        return out
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    topic: Topic
+    endpoint: str
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    soap_action: str | None = None
+    soap_version: str = "1.1"
+    protocol_profile: str | None = None
+    inline_profile: InlineProfile | None = None
+    sni: SNI = None
+    timeout: float = 60.0
+    max_attempts: int = 1
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Job:
+        return _parse_job(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract JSON form (bodies as ``body_base64``, so any bytes survive)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "topic": self.topic,
+            "endpoint": self.endpoint,
+            "method": self.method,
+            "headers": dict(self.headers),
+            "soap_version": self.soap_version,
+            "timeout": self.timeout,
+            "max_attempts": self.max_attempts,
+        }
+        if self.body is not None:
+            out["body_base64"] = base64.b64encode(self.body).decode()
+        for key, value in (
+            ("soap_action", self.soap_action),
+            ("protocol_profile", self.protocol_profile),
+            ("sni", self.sni),
+        ):
+            if value is not None:
+                out[key] = value
+        if self.inline_profile is not None:
+            out["inline_profile"] = self.inline_profile.to_dict()
+        return out
+
+
+def _want(raw: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise JobError(name, f"must be {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise JobError(name, f"must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _parse_sni(value: object, where: str) -> SNI:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip():
+        lowered = value.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if any(c.isspace() or c in "/:@" for c in lowered):
+            raise JobError(where, f"must be true, false or a host name, got {value!r}")
+        return lowered
+    raise JobError(where, f"must be true, false or a host name, got {value!r}")
+
+
+def _b64(value: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise JobError(where, f"is not valid base64 ({exc})") from None
+
+
+def _parse_endpoint(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise JobError("endpoint", "is required: an https:// or <profile>:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise JobError("endpoint", f"is not a valid URL: {exc}") from None
+    if not parts.scheme or not parts.hostname:
+        raise JobError(
+            "endpoint", f"must be https://host/... or <profile>://host/..., got {value!r}"
+        )
+    if parts.scheme == "http":
+        raise JobError("endpoint", "plain http is not allowed: the agent only calls over TLS")
+    return value
+
+
+def _parse_headers(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    headers = _want(raw, "headers", dict, "an object of header names to strings") or {}
+    out = []
+    for name, value in headers.items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise JobError(f"headers.{name}", "must be a string")
+        text = str(value)
+        if "\r" in text or "\n" in text or not name or any(c in name for c in "\r\n: "):
+            raise JobError(f"headers.{name}", "contains a line break or an invalid name")
+        out.append((name, text))
+    return tuple(out)
+
+
+def _parse_body(raw: dict[str, Any]) -> bytes | None:
+    if raw.get("body") is not None and raw.get("body_base64") is not None:
+        raise JobError("body", "give either body or body_base64, not both")
+    text = _want(raw, "body", str, "a string")
+    if text is not None:
+        return str(text).encode()
+    encoded = _want(raw, "body_base64", str, "a base64 string")
+    return _b64(encoded, "body_base64") if encoded is not None else None
+
+
+def _parse_inline(raw: object) -> InlineProfile | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise JobError("inline_profile", "must be an object with a keystore")
+    keystore = raw.get("keystore")
+    if not isinstance(keystore, dict):
+        raise JobError(
+            "inline_profile.keystore", "is required: {type, data_base64, password, alias}"
+        )
+    data = keystore.get("data_base64")
+    if not isinstance(data, str) or not data:
+        raise JobError(
+            "inline_profile.keystore.data_base64", "is required (base64 of the keystore)"
+        )
+    trust = raw.get("truststore_pem")
+    if trust is not None and not isinstance(trust, str):
+        raise JobError("inline_profile.truststore_pem", "must be a PEM string")
+    for key in ("type", "password", "alias"):
+        if keystore.get(key) is not None and not isinstance(keystore[key], str):
+            raise JobError(f"inline_profile.keystore.{key}", "must be a string")
+    return InlineProfile(
+        keystore_data=_b64(data, "inline_profile.keystore.data_base64"),
+        keystore_type=keystore.get("type"),
+        password=keystore.get("password"),
+        alias=keystore.get("alias"),
+        truststore_pem=trust.encode() if trust else None,
+        sni=_parse_sni(raw.get("sni"), "inline_profile.sni"),
+    )
+
+
+def _parse_number(raw: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    value = _want(raw, name, (int, float), "a number")
+    if value is None:
+        return default
+    if not lo <= value <= hi:
+        raise JobError(name, f"must be between {lo:g} and {hi:g}, got {value!r}")
+    return float(value)
+
+
+def _parse_job(raw: object) -> Job:
+    if not isinstance(raw, dict):
+        raise JobError("(job)", f"must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - JOB_FIELDS)
+    if unknown:
+        raise JobError(unknown[0], f"is not a job field (fields: {', '.join(sorted(JOB_FIELDS))})")
+    given = _want(raw, "id", str, "a string")
+    job_id = str(uuid.uuid4()) if given is None else given
+    if not job_id.strip() or len(job_id) > MAX_ID_LENGTH:
+        raise JobError("id", f"must be 1 to {MAX_ID_LENGTH} characters")
+    topic = raw.get("topic")
+    if topic not in TOPICS:
+        raise JobError("topic", f"must be RESTProbe or SOAPProbe, got {topic!r}")
+    method = _want(raw, "method", str, "a string") or ("POST" if topic == "SOAPProbe" else "GET")
+    if method.upper() not in METHODS:
+        raise JobError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+    soap_version = str(_want(raw, "soap_version", (str, int, float), "1.1 or 1.2") or "1.1")
+    if soap_version not in ("1.1", "1.2"):
+        raise JobError("soap_version", f"must be 1.1 or 1.2, got {soap_version!r}")
+    attempts = _parse_number(raw, "max_attempts", 1, 1, 20)
+    if attempts != int(attempts):
+        raise JobError("max_attempts", "must be a whole number")
+    profile = _want(raw, "protocol_profile", str, "a profile name")
+    inline = _parse_inline(raw.get("inline_profile"))
+    if profile and inline:
+        raise JobError("inline_profile", "give either protocol_profile or inline_profile, not both")
+    return Job(
+        id=job_id,
+        topic=topic,
+        endpoint=_parse_endpoint(raw.get("endpoint")),
+        method=method.upper(),
+        headers=_parse_headers(raw),
+        body=_parse_body(raw),
+        soap_action=_want(raw, "soap_action", str, "a string"),
+        soap_version=soap_version,
+        protocol_profile=profile or None,
+        inline_profile=inline,
+        sni=_parse_sni(raw.get("sni"), "sni"),
+        timeout=_parse_number(raw, "timeout", 60.0, 0.001, 86400),
+        max_attempts=int(attempts),
+    )
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SoapFault:
+    code: str
+    message: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    sni: str | None = None
+    version: str | None = None
+    cipher: str | None = None
+    client_certificate: str | None = None
+    server_certificate: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    id: str
+    state: Literal["processed", "error"]
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None
+    body_base64: str | None = None
+    elapsed_ms: float = 0.0
+    attempts: int = 1
+    error: ErrorInfo | None = None
+    soap_fault: SoapFault | None = None
+    tls: TLSInfo = field(default_factory=TLSInfo)
+
+    @classmethod
+    def failed(cls, job_id: str, kind: str, message: str, **extra: Any) -> Result:
+        return cls(id=job_id, state="error", error=ErrorInfo(kind, message), **extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["body_base64"] is None:
+            del out["body_base64"]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Result:
+        raw = dict(raw)
+        error = raw.pop("error", None)
+        fault = raw.pop("soap_fault", None)
+        tls = raw.pop("tls", None) or {}
+        return cls(
+            **raw,
+            error=ErrorInfo(**error) if error else None,
+            soap_fault=SoapFault(**fault) if fault else None,
+            tls=TLSInfo(**tls),
+        )

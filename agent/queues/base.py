@@ -1,0 +1,84 @@
+"""The queue interface every backend implements (embedded SQLite, PostgreSQL, ECC over HTTPS).
+
+States follow the ECC queue: ``ready`` → ``processing`` → ``processed`` | ``error``.
+
+A claim is a lease: the claiming agent must ``renew`` it before ``lease_seconds`` run out, or the
+job returns to ``ready`` for any agent to claim again. Each claim carries a fencing ``token``:
+``complete``/``release``/``renew`` with a token that is no longer current (the job was re-claimed
+after the lease lapsed) are rejected, so a late agent never writes over a newer run.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Literal
+
+from ..jobs import Job, Result
+
+State = Literal["ready", "processing", "processed", "error"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job claimed by this agent, with the fencing token of this claim."""
+
+    job: Job
+    token: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: str
+    state: State
+    result: Result | None
+
+
+class Queue(abc.ABC):
+    """A job queue. All methods are coroutines and never block the event loop."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def enqueue(self, jobs: list[Job]) -> list[str]:
+        """Add jobs in one transaction; an id already present is left as it is. Returns ids."""
+
+    @abc.abstractmethod
+    async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
+        """Claim up to ``limit`` ready jobs (or jobs whose lease lapsed) for ``agent``."""
+
+    @abc.abstractmethod
+    async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
+        """Extend the leases; returns the claims that were no longer ours (fenced out)."""
+
+    @abc.abstractmethod
+    async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
+        """Store results durably and end the claims; returns the claims fenced out."""
+
+    @abc.abstractmethod
+    async def release(self, claims: list[Claim]) -> None:
+        """Give claims back unfinished: the jobs return to ``ready`` at once."""
+
+    @abc.abstractmethod
+    async def status(self, job_id: str) -> JobStatus | None:
+        """The job's state and result, or None for an unknown id."""
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when work may be waiting, or after ``timeout`` seconds.
+
+        Backends with push notifications (PostgreSQL LISTEN/NOTIFY) return early; the default
+        simply sleeps, which is the documented polling fallback.
+        """
+        import asyncio
+
+        await asyncio.sleep(timeout)
+
+    async def depth(self) -> int | None:
+        """Jobs waiting in ``ready``, where the backend can tell."""
+        return None

@@ -1,0 +1,224 @@
+"""The embedded queue: one SQLite file, safe for several processes on one host.
+
+Every statement runs on one dedicated thread per process (the event loop never blocks on disk),
+each operation is one short transaction, and claims take the write lock up front
+(``BEGIN IMMEDIATE``) so two processes never claim the same job. The file is in WAL mode with a
+busy timeout, so the CLI can enqueue while the daemon claims.
+
+Leases are wall-clock deadlines (``lease_until``, seconds since the epoch) because they are
+compared across processes. A job whose lease lapsed is claimable again; the claim bumps its
+fencing ``token``, so the late agent's ``complete``/``renew``/``release`` no longer match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import QueueError
+from ..jobs import Job, Result
+from .base import Claim, JobStatus, Queue
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    job TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'ready',
+    token INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    agent TEXT,
+    lease_until REAL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (seq) WHERE state = 'ready';
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'processing';
+"""
+
+
+def sqlite_path(url: str, base_dir: Path) -> Path:
+    """``sqlite:///relative/path`` (against ``base_dir``) or ``sqlite:////absolute/path``."""
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest.strip("/") == "":
+        raise QueueError(f"url {url!r}: write sqlite:///path/to/file.db")
+    return base_dir / rest[1:]
+
+
+class SqliteQueue(Queue):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
+
+    def __repr__(self) -> str:
+        return f"SqliteQueue({str(self.path)!r})"
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, fn, *args)
+        except sqlite3.Error as exc:
+            raise QueueError(f"queue {self.path}: {exc}") from exc
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise QueueError(f"queue {self.path} is not open")
+        return self._db
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return out
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: list[Job]) -> list[str]:
+        rows = [(j.id, json.dumps(j.to_dict())) for j in jobs]
+
+        def insert(db: sqlite3.Connection) -> None:
+            now = time.time()
+            db.executemany(
+                "INSERT OR IGNORE INTO jobs (id, job, created, updated) VALUES (?, ?, ?, ?)",
+                [(i, body, now, now) for i, body in rows],
+            )
+
+        await self._run(self._transaction, insert)
+        return [j.id for j in jobs]
+
+    async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
+        if limit <= 0:
+            return []
+
+        def take(db: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
+            now = time.time()
+            seqs = [
+                r[0]
+                for r in db.execute(
+                    "SELECT seq FROM jobs WHERE state = 'processing' AND lease_until < ?"
+                    " ORDER BY lease_until LIMIT ?",
+                    (now, limit),
+                )
+            ]
+            seqs += [
+                r[0]
+                for r in db.execute(
+                    "SELECT seq FROM jobs WHERE state = 'ready' ORDER BY seq LIMIT ?",
+                    (limit - len(seqs),),
+                )
+            ]
+            if not seqs:
+                return []
+            marks = ",".join("?" * len(seqs))
+            return db.execute(
+                "UPDATE jobs SET state = 'processing', token = token + 1, attempt = attempt + 1,"
+                f" agent = ?, lease_until = ?, updated = ? WHERE seq IN ({marks})"
+                " RETURNING id, job, token, attempt",
+                (agent, now + lease_seconds, now, *seqs),
+            ).fetchall()
+
+        rows = await self._run(self._transaction, take)
+        return [Claim(Job.from_dict(json.loads(body)), token, att) for _, body, token, att in rows]
+
+    async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
+        def extend(db: sqlite3.Connection) -> list[Claim]:
+            until = time.time() + lease_seconds
+            lost = []
+            for c in claims:
+                cur = db.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ?"
+                    " AND state = 'processing'",
+                    (until, c.job.id, c.token),
+                )
+                if cur.rowcount == 0:
+                    lost.append(c)
+            return lost
+
+        return await self._run(self._transaction, extend) if claims else []
+
+    async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
+        def store(db: sqlite3.Connection) -> list[Claim]:
+            now = time.time()
+            fenced = []
+            for claim, result in results:
+                cur = db.execute(
+                    "UPDATE jobs SET state = ?, result = ?, lease_until = NULL, updated = ?"
+                    " WHERE id = ? AND token = ? AND state = 'processing'",
+                    (result.state, json.dumps(result.to_dict()), now, claim.job.id, claim.token),
+                )
+                if cur.rowcount == 0:
+                    fenced.append(claim)
+            return fenced
+
+        return await self._run(self._transaction, store) if results else []
+
+    async def release(self, claims: list[Claim]) -> None:
+        def give_back(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE jobs SET state = 'ready', lease_until = NULL, agent = NULL,"
+                " attempt = attempt - 1 WHERE id = ? AND token = ? AND state = 'processing'",
+                [(c.job.id, c.token) for c in claims],
+            )
+
+        if claims:
+            await self._run(self._transaction, give_back)
+
+    async def status(self, job_id: str) -> JobStatus | None:
+        def read() -> tuple[str, str | None] | None:
+            row = self.db.execute("SELECT state, result FROM jobs WHERE id = ?", (job_id,))
+            found: tuple[str, str | None] | None = row.fetchone()
+            return found
+
+        row = await self._run(read)
+        if row is None:
+            return None
+        state, result = row
+        parsed = Result.from_dict(json.loads(result)) if result else None
+        return JobStatus(job_id, state, parsed)  # type: ignore[arg-type]
+
+    async def depth(self) -> int | None:
+        def count() -> int:
+            n: int = self.db.execute("SELECT count(*) FROM jobs WHERE state = 'ready'").fetchone()[
+                0
+            ]
+            return n
+
+        return await self._run(count)

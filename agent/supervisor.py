@@ -1,0 +1,80 @@
+"""``agent.workers`` > 1: one supervisor process and N worker processes sharing the queue.
+
+Each worker is an ordinary ``agent run`` (``AGENT_WORKER_INDEX`` set, ``agent.workers`` forced to
+1). The supervisor forwards SIGTERM/SIGINT/SIGHUP to every worker, restarts a worker that dies
+unexpectedly (with a capped backoff), and exits 0 once every worker stopped cleanly. Claims are
+leases, so a worker that dies mid-job loses nothing: its jobs return to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger("agent.supervisor")
+
+RESTART_BACKOFF_CAP = 30.0
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, workers: int, *, burst: bool = False) -> None:
+        self.config_path = config_path
+        self.workers = workers
+        self.burst = burst
+        self.stopping = False
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+
+    def _command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "agent", "-c", str(self.config_path), "run"]
+        return [*cmd, "--burst"] if self.burst else cmd
+
+    def _env(self, index: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MID_CONFIG_agent.workers"] = "1"
+        env["AGENT_WORKER_INDEX"] = str(index)
+        env.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to the service manager
+        return env
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(*self._command(), env=self._env(index))
+        self._procs[index] = proc
+        log.info("worker %d started (pid %d)", index, proc.pid)
+        return proc
+
+    async def _keep(self, index: int) -> int:
+        """Run worker ``index``; restart it after an unexpected exit until we stop."""
+        failures = 0
+        while True:
+            proc = await self._spawn(index)
+            code = await proc.wait()
+            if self.stopping or (self.burst and code == 0):
+                return code
+            failures += 1
+            delay = min(RESTART_BACKOFF_CAP, 0.5 * 2**failures)
+            log.error("worker %d exited with %d; restarting in %.1f s", index, code, delay)
+            await asyncio.sleep(delay)
+
+    def _forward(self, sig: signal.Signals) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                proc.send_signal(sig)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in FORWARDED:
+            loop.add_signal_handler(sig, self._forward, sig)
+        log.info("supervising %d worker processes", self.workers)
+        try:
+            codes = await asyncio.gather(*(self._keep(i) for i in range(self.workers)))
+        finally:
+            for sig in FORWARDED:
+                loop.remove_signal_handler(sig)
+        bad = [c for c in codes if c != 0]
+        return 0 if not bad else 1

@@ -1,0 +1,138 @@
+"""HTTP transport: one aiohttp session per credential identity, a resolver honouring
+``agent.resolve``, and retirement of sessions whose material was rotated.
+
+Keeping a connector per identity means a kept-alive connection opened with one client
+certificate and trust store can only ever serve jobs of that identity (the pool key inside a
+connector also holds the SSL context and the SNI name, so SNI variants stay apart too). A retired
+identity's session is never handed out again and is closed once its last request finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+log = logging.getLogger("agent.transport")
+
+
+class StaticResolver(AbstractResolver):
+    """``agent.resolve``: fixed name → address entries, the system resolver for the rest."""
+
+    def __init__(self, mapping: Mapping[str, str]) -> None:
+        self.mapping = {k.lower(): v for k, v in mapping.items()}
+        self._fallback = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addr = self.mapping.get(host.lower().rstrip("."))
+        if addr is None:
+            return await self._fallback.resolve(host, port, family)
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        return [
+            ResolveResult(
+                hostname=host,
+                host=addr,
+                port=port,
+                family=fam,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        ]
+
+    async def close(self) -> None:
+        await self._fallback.close()
+
+
+class _Entry:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.in_flight = 0
+        self.retired = False
+
+
+class Transport:
+    """Sessions keyed by identity; ``retire(key)`` stops handing one out and closes it when idle."""
+
+    def __init__(self, resolve: Mapping[str, str] | None = None) -> None:
+        self.resolve = dict(resolve or {})
+        self._entries: dict[str, _Entry] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.connections_opened = 0
+        self.connections_reused = 0
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            resolver=StaticResolver(self.resolve),
+            ttl_dns_cache=10,
+            enable_cleanup_closed=False,
+            keepalive_timeout=30,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=True,
+            trust_env=False,
+            skip_auto_headers=("User-Agent",),
+            headers={"User-Agent": "mtls-forwarding-agent"},
+        )
+
+    @asynccontextmanager
+    async def session(self, key: str) -> AsyncIterator[aiohttp.ClientSession]:
+        entry = self._entries.get(key)
+        if entry is None or entry.retired:
+            entry = _Entry(self._new_session())
+            self._entries[key] = entry
+        entry.in_flight += 1
+        try:
+            yield entry.session
+        finally:
+            entry.in_flight -= 1
+            if entry.retired and entry.in_flight == 0:
+                self._close_later(entry)
+
+    def retire(self, key: str) -> None:
+        """Never hand out ``key``'s session again; close it once its requests finish."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        entry.retired = True
+        if entry.in_flight == 0:
+            self._close_later(entry)
+
+    def retire_all(self) -> None:
+        for key in list(self._entries):
+            self.retire(key)
+
+    def _close_later(self, entry: _Entry) -> None:
+        task = asyncio.get_running_loop().create_task(entry.session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        self.retire_all()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def set_resolve(self, resolve: Mapping[str, str]) -> None:
+        if dict(resolve) != self.resolve:
+            self.resolve = dict(resolve)
+            self.retire_all()
+
+
+def proxy_args(proxy: Any) -> dict[str, Any]:
+    """aiohttp request arguments for ``mid.proxy.*`` (None: direct)."""
+    if proxy is None:
+        return {}
+    args: dict[str, Any] = {"proxy": f"http://{proxy.host}:{proxy.port}"}
+    if proxy.username:
+        auth = aiohttp.encode_basic_auth(proxy.username, proxy.password or "")
+        args["proxy_headers"] = {"Proxy-Authorization": auth}
+    return args

@@ -1,0 +1,58 @@
+"""``agent validate``: load every profile's material and report what a partner would object to."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from .config import AgentConfig
+from .credentials import Credentials
+from .errors import AgentError, ConfigError
+from .keystores.inspect import ProfileReport, inspect_profile, report_error
+
+
+async def collect_reports(
+    config: AgentConfig, credentials: Credentials, names: list[str]
+) -> list[ProfileReport]:
+    reports = []
+    for name in names:
+        try:
+            identity = await credentials.for_profile(config.profiles[name])
+        except AgentError as exc:
+            reports.append(report_error(name, exc))
+            continue
+        reports.append(inspect_profile(name, identity.material, warn_days=config.cert_warn_days))
+    return reports
+
+
+async def run_validate(config: AgentConfig, *, profile: str | None, as_json: bool) -> int:
+    from .runtime import Engine
+
+    if profile is not None and profile not in config.profiles:
+        known = ", ".join(sorted(config.profiles)) or "none"
+        raise ConfigError(f"no protocol profile {profile!r} (config.xml defines: {known})")
+    names = [profile] if profile else sorted(config.profiles)
+    engine = Engine(config)
+    try:
+        reports = await collect_reports(config, engine.credentials, names)
+    finally:
+        await engine.close()
+    failed = any(r.problems for r in reports)
+    if as_json:
+        out: dict[str, Any] = {
+            "ok": not failed,
+            "config_warnings": list(config.warnings),
+            "profiles": [r.to_dict() for r in reports],
+        }
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        for warning in config.warnings:
+            print(f"config warning: {warning}")
+        if not reports:
+            print("no protocol profiles in config.xml")
+        for report in reports:
+            print(report.format_text())
+            print()
+        print("problems found" if failed else "all profiles fine")
+    return 1 if failed else 0

@@ -1,0 +1,167 @@
+"""config.xml parsing: types, line numbers, unknown parameters, environment overrides, secrets."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.errors import ConfigError
+from agent.secure import key_path_for, load_secure_config
+
+FULL = b"""<?xml version="1.0" encoding="UTF-8"?>
+<parameters>
+  <!-- a comment the parser must skip -->
+  <parameter name="name" value="edge-1"/>
+  <parameter name="url" value="sqlite:///var/q.db"/>
+  <parameter name="threads.max" value="8"/>
+  <parameter name="mid.poll.time" value="2.5"/>
+  <parameter name="mid.log.level" value="debug"/>
+  <parameter name="glide.outbound.tls_sni.enabled" value="false"/>
+  <parameter name="mid.proxy.use_proxy" value="true"/>
+  <parameter name="mid.proxy.host" value="proxy.local"/>
+  <parameter name="mid.proxy.port" value="3128"/>
+  <parameter name="mid.httpclient.protocol.partner.path" value="keys/partner.p12"/>
+  <parameter name="mid.httpclient.protocol.partner.password" value="pw"/>
+  <parameter name="mid.httpclient.protocol.partner.port" value="8443"/>
+  <parameter name="mid.httpclient.protocol.partner.type" value="PKCS12"/>
+  <parameter name="mid.httpclient.protocol.partner.sni" value="api.partner.example"/>
+  <parameter name="mid.httpclient.protocol.partner.truststore" value="/etc/ca.pem"/>
+  <parameter name="mid.httpclient.protocol.partner.truststore.password" value="tpw"/>
+  <parameter name="ext.cred.hashicorp.vault.address" value="https://127.0.0.1:8200"/>
+  <parameter name="ext.cred.hashicorp.vault.role_id" value="r"/>
+  <parameter name="ext.cred.hashicorp.vault.secret_id" value="s"/>
+  <parameter name="agent.resolve" value="api.partner.example:127.0.0.1,b.example:[::1]"/>
+  <parameter name="agent.outbound.allow" value="*.partner.example, 10.0.0.0/8"/>
+  <parameter name="agent.lease.seconds" value="30"/>
+  <parameter name="agent.health.listen" value="127.0.0.1:9100"/>
+  <parameter name="mid.cert.expiry.warn_days" value="14"/>
+  <parameter name="mid.some.mid.only.setting" value="x"/>
+</parameters>
+"""
+
+
+def test_every_contract_parameter_is_typed(tmp_path: Path) -> None:
+    cfg = AgentConfig.from_xml(FULL, base_dir=tmp_path, env={})
+    assert (cfg.name, cfg.agent_name, cfg.url) == (
+        "edge-1",
+        "mid.server.edge-1",
+        "sqlite:///var/q.db",
+    )
+    assert (cfg.threads_max, cfg.poll_time, cfg.log_level) == (8, 2.5, "debug")
+    assert cfg.sni_enabled is False
+    assert cfg.proxy is not None and (cfg.proxy.host, cfg.proxy.port) == ("proxy.local", 3128)
+    p = cfg.profiles["partner"]
+    assert p.path == tmp_path / "keys/partner.p12"
+    assert (p.port, p.type, p.sni, p.password) == (8443, "pkcs12", "api.partner.example", "pw")
+    assert p.truststore == Path("/etc/ca.pem") and p.truststore_password == "tpw"
+    assert cfg.vault.role_id == "r" and cfg.vault.secret_id == "s"
+    assert cfg.resolve == {"api.partner.example": "127.0.0.1", "b.example": "::1"}
+    assert cfg.outbound_allow == ("*.partner.example", "10.0.0.0/8")
+    assert (cfg.lease_seconds, cfg.health_listen, cfg.cert_warn_days) == (
+        30,
+        ("127.0.0.1", 9100),
+        14,
+    )
+    assert cfg.warnings == ("unknown parameter 'mid.some.mid.only.setting' (line 28) ignored",)
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    cfg = AgentConfig.from_xml(FULL, env={})
+    assert "pw" not in repr(cfg.profiles["partner"]).replace("password", "")
+    assert "'s'" not in repr(cfg.vault)
+
+
+def test_defaults_without_parameters() -> None:
+    cfg = AgentConfig.from_xml(b"<parameters/>", env={})
+    assert (cfg.url, cfg.threads_max, cfg.poll_time) == ("sqlite:///./agent-queue.db", 25, 5.0)
+    assert cfg.sni_enabled is True and cfg.lease_seconds == 60 and cfg.cert_warn_days == 30
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("threads.max", "lots", "parameter threads.max, line 3: must be a whole number"),
+        ("threads.max", "0", "between 1 and"),
+        ("mid.poll.time", "soon", "parameter mid.poll.time"),
+        ("glide.outbound.tls_sni.enabled", "maybe", "must be true or false"),
+        ("mid.httpclient.protocol.p.port", "99999", "protocol.p.port, line 3"),
+        ("mid.httpclient.protocol.p.type", "zip", "jks, jceks, pkcs12"),
+        ("mid.httpclient.protocol.p.sni", "a b", "host name"),
+        ("url", "ftp://x", "parameter url"),
+        ("agent.health.listen", "9100", "host:port"),
+        ("agent.resolve", "justahost", "host:address"),
+    ],
+)
+def test_bad_values_name_parameter_and_line(name: str, value: str, needle: str) -> None:
+    xml = f'<parameters>\n\n<parameter name="{name}" value="{value}"/>\n</parameters>'.encode()
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_xml(xml, env={})
+    assert needle in str(info.value)
+
+
+def test_malformed_xml_names_the_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_xml(
+            b'<parameters>\n<parameter name="a" value="1"/>\n'
+            b'<parameter name="b" value="1" value="2"/>\n</parameters>'
+        )
+    assert "line 3" in str(info.value) and "malformed XML" in str(info.value)
+
+
+def test_doctype_is_refused() -> None:
+    xml = b'<!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]><parameters/>'
+    with pytest.raises(ConfigError, match="DOCTYPE"):
+        AgentConfig.from_xml(xml)
+
+
+def test_environment_overrides_by_name_as_written() -> None:
+    xml = b'<parameters><parameter name="threads.max" value="8"/></parameters>'
+    env = {"MID_CONFIG_threads.max": "3", "MID_CONFIG_mid.httpclient.protocol.q.sni": "false"}
+    cfg = AgentConfig.from_xml(xml, env=env)
+    assert cfg.threads_max == 3 and cfg.profiles["q"].sni is False
+
+
+def test_bad_environment_override_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"MID_CONFIG_threads\.max"):
+        AgentConfig.from_xml(b"<parameters/>", env={"MID_CONFIG_threads.max": "many"})
+
+
+def test_profile_with_two_sources_is_an_error() -> None:
+    xml = b"""<parameters>
+<parameter name="mid.httpclient.protocol.p.path" value="a.p12"/>
+<parameter name="mid.httpclient.protocol.p.vault_path" value="kv/p"/>
+</parameters>"""
+    with pytest.raises(ConfigError, match="more than one keystore source"):
+        AgentConfig.from_xml(xml)
+
+
+def test_secure_values_are_encrypted_in_place_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "config.xml"
+    path.write_text(
+        "<parameters>\n  <!-- keep me -->\n"
+        '  <parameter name="mid.httpclient.protocol.p.password" value="s3cr3t-pass"'
+        ' secure="true"/>\n'
+        '  <parameter name="threads.max" value="4"/>\n</parameters>\n'
+    )
+    cfg = load_secure_config(path, env={})
+    assert cfg.profiles["p"].password == "s3cr3t-pass"
+    text = path.read_text()
+    assert "s3cr3t-pass" not in text and 'value="encrypted:' in text and "keep me" in text
+    key = key_path_for(path)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    again = load_secure_config(path, env={})  # the encrypted value decrypts in memory
+    assert again.profiles["p"].password == "s3cr3t-pass" and path.read_text() == text
+
+
+def test_encrypted_value_without_its_key_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.xml"
+    path.write_text(
+        '<parameters><parameter name="mid.instance.password" value="x" secure="true"/></parameters>'
+    )
+    load_secure_config(path, env={})
+    key_path_for(path).unlink()
+    with pytest.raises(ConfigError, match="mid.instance.password.*is encrypted but .* is missing"):
+        load_secure_config(path, env={})

@@ -1,0 +1,224 @@
+"""The agent end to end through its command line: enqueue, run, result, call; signals; crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from agent.demoserver import DemoServer
+from tests.conftest import (
+    P12_PASSWORD,
+    PKI,
+    agent_cmd,
+    arun_agent,
+    profile_config,
+    write_config,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def job(job_id: str, port: int, path: str = "/echo", **extra: object) -> dict[str, object]:
+    return {
+        "id": job_id,
+        "topic": "RESTProbe",
+        "endpoint": f"https://alpha.test:{port}{path}",
+        "protocol_profile": "partner",
+        **extra,
+    }
+
+
+async def start_daemon(config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *agent_cmd("-c", str(config), "run"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def log_line(daemon: asyncio.subprocess.Process, text: str) -> str:
+    """Read the daemon's log until a line containing ``text``."""
+    assert daemon.stderr is not None
+    while line := (await daemon.stderr.readline()).decode():
+        if text in line:
+            return line
+    raise AssertionError(f"the daemon exited without logging {text!r}")
+
+
+async def states(config: Path, ids: list[str]) -> dict[str, str]:
+    out = {}
+    for job_id in ids:
+        ran = await arun_agent("-c", str(config), "result", job_id)
+        out[job_id] = json.loads(ran.stdout)["state"]
+    return out
+
+
+async def test_enqueue_run_result(tmp_path: Path, pki: PKI, mtls_server: DemoServer) -> None:
+    config = profile_config(tmp_path, pki, mtls_server.port)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job("order-1", mtls_server.port, method="POST", body="hi")))
+    ran = await arun_agent("-c", str(config), "enqueue", str(job_file))
+    assert ran.returncode == 0 and ran.stdout.split() == ["order-1"]
+    daemon = await start_daemon(config)
+    try:
+        ran = await arun_agent("-c", str(config), "result", "order-1", "--wait", "30")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    assert (result["state"], result["status"], result["error"]) == ("processed", 200, None)
+    assert daemon.stderr is not None
+    logged = [json.loads(line) for line in (await daemon.stderr.read()).decode().splitlines()]
+    [done] = [entry for entry in logged if entry.get("job_id") == "order-1"]
+    assert (done["profile"], done["host"], done["outcome"], done["status"]) == (
+        "partner",
+        "alpha.test",
+        "processed",
+        200,
+    )
+    assert done["duration_ms"] > 0 and P12_PASSWORD not in json.dumps(logged)
+    seen = json.loads(result["body"])
+    assert seen["sni"] == "alpha.test" and seen["client"].startswith("CN=client-one,")
+    assert seen["body"] == "hi"
+    assert seen["headers"]["Idempotency-Key"] == "order-1"
+    assert result["tls"]["sni"] == "alpha.test" and result["tls"]["version"].startswith("TLSv1")
+    assert "CN=client-one" in result["tls"]["client_certificate"]
+    assert "CN=alpha.test" in result["tls"]["server_certificate"]
+    # the password given in clear text was encrypted in place on start
+    assert "p12-Secret-Pass" not in config.read_text()
+
+
+async def test_call_runs_one_job_without_the_queue(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    config = profile_config(tmp_path, pki, mtls_server.port)
+    ran = await arun_agent(
+        "-c", str(config), "call", "-", input=json.dumps(job("c1", mtls_server.port))
+    )
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    assert result["status"] == 200 and json.loads(result["body"])["sni"] == "alpha.test"
+    assert not (tmp_path / "queue.db").exists()
+    bad = job("c2", mtls_server.port, sni=False)
+    ran = await arun_agent("-c", str(config), "call", "-", input=json.dumps(bad))
+    assert ran.returncode == 1
+    assert json.loads(ran.stdout)["error"]["kind"] == "sni_required"
+
+
+async def test_sigterm_lets_in_flight_jobs_finish(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    config = profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "3"})
+    ids = [f"slow-{i}" for i in range(3)]
+    jobs = [job(i, mtls_server.port, "/slow?seconds=2") for i in ids]
+    await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
+    daemon = await start_daemon(config)
+    await asyncio.wait_for(mtls_server.started.wait(), 30)
+    daemon.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    assert set((await states(config, ids)).values()) == {"processed"}
+
+
+async def test_second_signal_returns_unfinished_jobs(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    config = profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "2"})
+    ids = ["long-1", "long-2"]
+    jobs = [job(i, mtls_server.port, "/slow?seconds=60") for i in ids]
+    await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
+    daemon = await start_daemon(config)
+    await asyncio.wait_for(mtls_server.started.wait(), 30)
+    daemon.send_signal(signal.SIGTERM)
+    # Signals of one kind sent back to back may merge into one delivery: send the second only
+    # once the daemon has acted on the first.
+    await asyncio.wait_for(log_line(daemon, "draining"), 30)
+    daemon.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    assert await states(config, ids) == {"long-1": "ready", "long-2": "ready"}
+
+
+async def test_sigkill_loses_no_job(tmp_path: Path, pki: PKI, mtls_server: DemoServer) -> None:
+    config = profile_config(
+        tmp_path, pki, mtls_server.port, **{"threads.max": "2", "agent.lease.seconds": "2"}
+    )
+    ids = [f"k-{i}" for i in range(5)]
+    jobs = [job(i, mtls_server.port, "/slow?seconds=1") for i in ids]
+    await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
+    daemon = await start_daemon(config)
+    await asyncio.wait_for(mtls_server.started.wait(), 30)
+    daemon.kill()
+    await daemon.wait()
+    assert "processing" in (await states(config, ids)).values()
+    daemon = await start_daemon(config)  # the restarted agent picks up the lapsed leases
+    try:
+        for job_id in ids:
+            ran = await arun_agent("-c", str(config), "result", job_id, "--wait", "30")
+            assert ran.returncode == 0 and json.loads(ran.stdout)["state"] == "processed"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    assert all(mtls_server.seen[i] >= 1 for i in ids)
+
+
+async def test_invalid_job_names_the_field_and_enqueues_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"url": f"sqlite:///{tmp_path / 'q.db'}"})
+    good = {"id": "fine", "topic": "RESTProbe", "endpoint": "https://a.example/"}
+    bad = {"id": "broken", "topic": "RESTProbe", "endpoint": "https://a.example/", "timeout": "x"}
+    ran = await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps([good, bad]))
+    assert ran.returncode == 2
+    assert "'timeout'" in ran.stderr and "job #2" in ran.stderr and "Traceback" not in ran.stderr
+    ran = await arun_agent("-c", str(config), "result", "fine")
+    assert ran.returncode == 4
+
+
+@pytest.mark.parametrize(
+    "command", [["run"], ["enqueue", "-"], ["result", "x"], ["call", "-"], ["validate"]]
+)
+async def test_unusable_config_exits_2_with_the_line(tmp_path: Path, command: list[str]) -> None:
+    config = tmp_path / "config.xml"
+    config.write_text(
+        '<parameters>\n  <parameter name="threads.max" value="lots"/>\n</parameters>\n'
+    )
+    ran = await arun_agent("-c", str(config), *command, input="{}")
+    assert ran.returncode == 2
+    assert ran.stderr.count("\n") == 1 and "threads.max" in ran.stderr and "line 2" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+async def test_result_exit_codes(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"url": f"sqlite:///{tmp_path / 'q.db'}"})
+    await arun_agent(
+        "-c",
+        str(config),
+        "enqueue",
+        "-",
+        input=json.dumps({"id": "waiting", "topic": "RESTProbe", "endpoint": "https://a.example/"}),
+    )
+    pending = await arun_agent("-c", str(config), "result", "waiting")
+    unknown = await arun_agent("-c", str(config), "result", "nope")
+    assert (pending.returncode, json.loads(pending.stdout)["state"]) == (3, "ready")
+    assert unknown.returncode == 4
+
+
+async def test_worker_processes_share_the_queue(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    config = profile_config(
+        tmp_path, pki, mtls_server.port, **{"agent.workers": "2", "threads.max": "2"}
+    )
+    ids = [f"w-{i}" for i in range(12)]
+    jobs = [job(i, mtls_server.port, "/slow?seconds=0.5") for i in ids]
+    await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
+    ran = await arun_agent("-c", str(config), "run", "--burst")
+    assert ran.returncode == 0, ran.stderr
+    assert "supervising 2 worker processes" in ran.stderr
+    stopped = [line for line in ran.stderr.splitlines() if "agent stopped" in line]
+    processed = [int(line.split("agent stopped: ")[1].split()[0]) for line in stopped]
+    assert len(processed) == 2 and sum(processed) == 12 and min(processed) > 0, processed
+    assert set((await states(config, ids)).values()) == {"processed"}
+    assert set(mtls_server.seen) == set(ids)

@@ -1,0 +1,177 @@
+"""The ECC queue backend against an in-test Table API that follows the documented semantics."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.demoserver import DemoServer
+from agent.journal import Journal
+from agent.queues.ecc import EccQueue, job_from_record
+from agent.runtime import Engine
+from agent.worker import Worker
+from tests.conftest import PKI, profile_config
+from tests.fake_instance import FakeInstance, serve_instance
+
+pytestmark = pytest.mark.timeout(60)
+AGENT = "mid.server.test-agent"
+
+
+@pytest.fixture
+def instance() -> FakeInstance:
+    return FakeInstance()
+
+
+@pytest.fixture
+async def instance_url(pki: PKI, instance: FakeInstance, tmp_path: Path) -> AsyncIterator[str]:
+    issued = pki.ca.issue("instance", names=("127.0.0.1",))
+    crt, key = issued.write_pem(tmp_path, "instance")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    async with serve_instance(instance, ctx) as url:
+        yield url
+
+
+def client_ctx(pki: PKI) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=pki.ca.cert_pem().decode())
+    return ctx
+
+
+def ecc(url: str, pki: PKI, password: str = "mid-pass") -> EccQueue:
+    return EccQueue(
+        url, agent=AGENT, username="mid.user", password=password, ssl_context=client_ctx(pki)
+    )
+
+
+def rest_payload(port: int, path: str = "/echo") -> str:
+    return (
+        "<parameters>"
+        f'<parameter name="rest_endpoint" value="https://alpha.test:{port}{path}"/>'
+        '<parameter name="http_method" value="POST"/>'
+        '<parameter name="headers" value="{&quot;X-Test&quot;: &quot;1&quot;}"/>'
+        '<parameter name="content" value="hello"/>'
+        '<parameter name="protocol_profile" value="partner"/>'
+        "</parameters>"
+    )
+
+
+def test_mid_payload_maps_onto_a_job() -> None:
+    job = job_from_record({"sys_id": "a" * 32, "topic": "RESTProbe", "payload": rest_payload(8443)})
+    assert (job.id, job.method, job.body, job.protocol_profile) == (
+        "a" * 32,
+        "POST",
+        b"hello",
+        "partner",
+    )
+    assert dict(job.headers) == {"X-Test": "1"}
+
+
+async def run_burst(config: AgentConfig, queue: EccQueue, journal: Journal | None = None) -> Worker:
+    engine = Engine(config)
+    worker = Worker(config, queue, engine.caller, burst=True, journal=journal)
+    try:
+        await worker.serve()
+    finally:
+        await engine.close()
+    return worker
+
+
+async def test_output_records_are_run_and_answered(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer, instance: FakeInstance, instance_url: str
+) -> None:
+    config = AgentConfig.from_xml(
+        profile_config(tmp_path, pki, mtls_server.port).read_bytes(), base_dir=tmp_path, env={}
+    )
+    good = instance.output_record("RESTProbe", rest_payload(mtls_server.port), AGENT)
+    broken = instance.output_record("RESTProbe", "<parameters><parameter", AGENT)
+    other = instance.output_record(
+        "RESTProbe", rest_payload(mtls_server.port), "mid.server.someone-else"
+    )
+    queue = ecc(instance_url, pki)
+    await queue.open()
+    try:
+        await run_burst(config, queue)
+    finally:
+        await queue.close()
+    assert instance.records[good]["state"] == "processed"
+    (answer,) = instance.answers_to(good)
+    assert (
+        answer["queue"] == "input" and answer["topic"] == "RESTProbe" and answer["agent"] == AGENT
+    )
+    assert "<http_status_code>200</http_status_code>" in answer["payload"]
+    assert "alpha.test" in answer["payload"]
+    assert instance.records[broken]["state"] == "error"
+    assert "payload" in instance.records[broken]["error_string"]
+    assert instance.records[other]["state"] == "ready"
+    assert any(r.get("topic") == "HeartbeatProbe" for r in instance.records.values())
+
+
+async def test_cli_ids_round_trip_through_the_instance(
+    pki: PKI, instance: FakeInstance, instance_url: str
+) -> None:
+    from agent.jobs import Job
+
+    queue = ecc(instance_url, pki)
+    await queue.open()
+    try:
+        job = Job.from_dict(
+            {"id": "order-7", "topic": "RESTProbe", "endpoint": "https://a.example/"}
+        )
+        assert await queue.enqueue([job]) == ["order-7"]
+        assert await queue.enqueue([job]) == ["order-7"]  # again: a no-op
+        assert sum(r.get("agent_correlator") == "order-7" for r in instance.records.values()) == 1
+        status = await queue.status("order-7")
+        assert status is not None and status.state == "ready"
+        assert await queue.status("unknown") is None
+    finally:
+        await queue.close()
+
+
+async def test_outage_keeps_results_in_the_journal_until_the_instance_returns(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer, instance: FakeInstance, instance_url: str
+) -> None:
+    config = AgentConfig.from_xml(
+        profile_config(tmp_path, pki, mtls_server.port).read_bytes(), base_dir=tmp_path, env={}
+    )
+    sys_id = instance.output_record("RESTProbe", rest_payload(mtls_server.port), AGENT)
+    queue = ecc(instance_url, pki)
+    journal = Journal(tmp_path / "journal.db")
+    await queue.open()
+    try:
+        engine = Engine(config)
+        (claim,) = await queue.claim(AGENT, 5, 60)
+        result = await engine.caller.run(claim.job)
+        await engine.close()
+        instance.outage = True
+        worker = Worker(config, queue, engine.caller, burst=True, journal=journal)
+        await worker._complete(claim, result, 0.1)
+        assert worker.stats.journaled == 1 and instance.answers_to(sys_id) == []
+        journal.close()
+        journal = Journal(tmp_path / "journal.db")  # a restart in between loses nothing
+        instance.outage = False
+        worker = Worker(config, queue, engine.caller, burst=True, journal=journal)
+        assert await worker.deliver_journal() == 1
+    finally:
+        await queue.close()
+        journal.close()
+    assert instance.records[sys_id]["state"] == "processed"
+    assert len(instance.answers_to(sys_id)) == 1
+
+
+async def test_rejected_credentials_are_named(
+    pki: PKI, instance: FakeInstance, instance_url: str
+) -> None:
+    from agent.errors import QueueError
+
+    queue = ecc(instance_url, pki, password="wrong-password")
+    await queue.open()
+    try:
+        with pytest.raises(QueueError) as info:
+            await queue.claim(AGENT, 1, 60)
+    finally:
+        await queue.close()
+    assert "mid.instance.username" in str(info.value) and "wrong-password" not in str(info.value)
