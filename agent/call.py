@@ -19,11 +19,12 @@ import aiohttp
 from cryptography import x509
 
 from .classify import Attempt, classify
-from .config import AgentConfig
+from .config import AgentConfig, ProfileConfig
 from .credentials import Credentials, Identity
 from .errors import AgentError, CallError, TLSError
-from .jobs import Job, Result, SoapFault, TLSInfo
+from .jobs import InlineProfile, Job, Result, SoapFault, TLSInfo
 from .probe import peer_names
+from .soap import UsernameToken, build_request, parse_response
 from .tls import choose_sni, is_ip_literal
 from .transport import Transport, proxy_args
 
@@ -121,7 +122,7 @@ class Caller:
         headers = dict(job.headers)
         body = job.body
         if job.topic == "SOAPProbe":
-            body, headers = _soap_request(job, headers)
+            body, headers = _soap_request(job, headers, self._username_token(job, identity))
         elif not any(k.lower() == "idempotency-key" for k in headers):
             headers["Idempotency-Key"] = job.id
         return Prepared(
@@ -137,6 +138,15 @@ class Caller:
             tls=TLSInfo(sni=choice.send, client_certificate=identity.client_subject),
             attempt=Attempt(host, port, choice.send, identity.profile, identity.client_subject),
         )
+
+    def _username_token(self, job: Job, identity: Identity) -> UsernameToken | None:
+        """WS-Security credentials of the job's inline record or its protocol profile."""
+        source: InlineProfile | ProfileConfig | None = job.inline_profile
+        if source is None and identity.profile is not None:
+            source = self.config.profiles.get(identity.profile)
+        if source is None or not source.wss_username or source.wss_password is None:
+            return None
+        return UsernameToken(source.wss_username, source.wss_password, source.wss_password_type)
 
     async def _explained(self, err: CallError, p: Prepared) -> CallError:
         """A hostname mismatch found by OpenSSL does not say what the certificate is for: look.
@@ -169,7 +179,7 @@ class Caller:
             tls = _tls_details(resp, p.tls)
             data = await _read_bounded(resp, self.config.max_response_bytes, p)
             headers = {k: v for k, v in resp.headers.items()}
-            fault = _soap_fault(job, data) if job.topic == "SOAPProbe" else None
+            fault = _soap_fault(job, data, p.host) if job.topic == "SOAPProbe" else None
             text = _as_text(data, resp.headers.get("Content-Type", ""), resp.charset)
             return Result(
                 id=job.id,
@@ -254,10 +264,12 @@ def _tls_details(resp: aiohttp.ClientResponse, base: TLSInfo) -> TLSInfo:
     )
 
 
-def _soap_request(job: Job, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
-    from .soap import build_request
-
-    body, soap_headers = build_request(job.body, version=job.soap_version, action=job.soap_action)
+def _soap_request(
+    job: Job, headers: dict[str, str], security: UsernameToken | None
+) -> tuple[bytes, dict[str, str]]:
+    body, soap_headers = build_request(
+        job.body, version=job.soap_version, action=job.soap_action, security=security
+    )
     merged = {
         k: v for k, v in headers.items() if k.lower() not in {h.lower() for h in soap_headers}
     }
@@ -265,7 +277,8 @@ def _soap_request(job: Job, headers: dict[str, str]) -> tuple[bytes, dict[str, s
     return body, merged
 
 
-def _soap_fault(job: Job, data: bytes) -> SoapFault | None:
-    from .soap import parse_response
-
-    return parse_response(data, version=job.soap_version).fault
+def _soap_fault(job: Job, data: bytes, host: str) -> SoapFault | None:
+    answer = parse_response(data, version=job.soap_version)
+    if answer.problem:
+        log.warning("job %s: %s answered: %s", job.id, host, answer.problem)
+    return answer.fault

@@ -40,6 +40,9 @@ PROFILE_KEYS = {
     "vault_path": "vault_path",
     "vault_pki": "vault_pki",
     "vault_pki.common_name": "vault_pki_common_name",
+    "wss.username": "wss_username",
+    "wss.password": "wss_password",
+    "wss.password_type": "wss_password_type",
 }
 KEYSTORE_TYPES = ("jks", "jceks", "pkcs12", "p12", "pfx", "pem", "der")
 _PROFILE_RE = re.compile(
@@ -66,6 +69,9 @@ class ProfileConfig:
     vault_path: str | None = None
     vault_pki: str | None = None
     vault_pki_common_name: str | None = None
+    wss_username: str | None = None
+    wss_password: str | None = field(default=None, repr=False)
+    wss_password_type: str = "text"
 
 
 @dataclass(frozen=True)
@@ -400,6 +406,12 @@ def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConf
         value = _convert(p, PROFILE_CONVERTERS.get(key, _text))
         if key in ("path", "key", "truststore") and value:
             value = _path(base, value)
+        if key == "wss_password_type":
+            value = (value or "text").lower()
+            if value not in ("text", "digest"):
+                raise ConfigError(
+                    f"must be text or digest; got {p.value!r}", parameter=name, line=p.line
+                )
         if key == "type" and value:
             value = value.lower()
             if value not in KEYSTORE_TYPES:

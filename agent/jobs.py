@@ -50,6 +50,9 @@ class InlineProfile:
     alias: str | None = None
     truststore_pem: bytes | None = None
     sni: SNI = None
+    wss_username: str | None = None
+    wss_password: str | None = field(default=None, repr=False)
+    wss_password_type: str = "text"
 
     def to_dict(self) -> dict[str, Any]:
         keystore: dict[str, Any] = {"data_base64": base64.b64encode(self.keystore_data).decode()}
@@ -65,6 +68,12 @@ class InlineProfile:
             out["truststore_pem"] = self.truststore_pem.decode()
         if self.sni is not None:
             out["sni"] = self.sni
+        if self.wss_username is not None:
+            out["wss"] = {
+                "username": self.wss_username,
+                "password": self.wss_password,
+                "password_type": self.wss_password_type,
+            }
         return out
 
 
@@ -213,7 +222,31 @@ def _parse_inline(raw: object) -> InlineProfile | None:
         alias=keystore.get("alias"),
         truststore_pem=trust.encode() if trust else None,
         sni=_parse_sni(raw.get("sni"), "inline_profile.sni"),
+        **_parse_wss(raw.get("wss")),
     )
+
+
+def _parse_wss(raw: object) -> dict[str, str]:
+    """``inline_profile.wss``: {username, password, password_type} for a WS-Security token."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise JobError(
+            "inline_profile.wss", "must be an object: {username, password, password_type}"
+        )
+    out = {}
+    for key in ("username", "password", "password_type"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise JobError(f"inline_profile.wss.{key}", "must be a string")
+        if value is not None:
+            out[f"wss_{key}"] = value
+    if "wss_username" not in out or "wss_password" not in out:
+        raise JobError("inline_profile.wss", "needs both username and password")
+    kind = out.setdefault("wss_password_type", "text")
+    if kind not in ("text", "digest"):
+        raise JobError("inline_profile.wss.password_type", f"must be text or digest, got {kind!r}")
+    return out
 
 
 def _parse_number(raw: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
