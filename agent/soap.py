@@ -142,11 +142,18 @@ def _fragment(raw: bytes) -> bytes:
         end = text.find(b"?>")
         text = text[end + 2 :].strip() if end >= 0 else text
     try:
-        parse_xml(b"<fragment>" + text + b"</fragment>")
+        wrapper = parse_xml(b"<fragment>" + text + b"</fragment>")
     except XMLRejected as exc:
         raise JobError(
             "body", f"is neither a SOAP Envelope nor a well-formed Body fragment: {exc}"
         ) from None
+    loose = (wrapper.text or "").strip() or any((c.tail or "").strip() for c in wrapper)
+    if loose or not any(isinstance(c.tag, str) for c in wrapper):
+        raise JobError(
+            "body",
+            "is neither a SOAP Envelope nor a well-formed Body fragment: "
+            "a Body fragment is one or more XML elements",
+        )
     return text
 
 
