@@ -8,18 +8,23 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .call import Caller
-from .config import AgentConfig, load_config
+from .config import AgentConfig, ProfileConfig, load_config
 from .credentials import Credentials
-from .errors import AgentError
+from .errors import AgentError, ConfigError, VaultError
 from .journal import Journal
 from .keystores.inspect import ProfileReport
+from .keystores.sources import ProfileMaterial
 from .queues import open_queue
 from .queues.base import Queue
 from .transport import Transport
 from .validate import collect_reports
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .keystores.vault import Vault
 
 log = logging.getLogger("agent")
 
@@ -32,20 +37,69 @@ class Engine:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.transport = Transport(config.resolve)
-        self.credentials = Credentials(config)
+        self.credentials = Credentials(config, vault_loader=self._vault_load)
         self.credentials.on_rotate.append(self.transport.retire)
         self.caller = Caller(config, self.credentials, self.transport)
+        self.vault: Vault | None = None  # opened on the first profile that needs it
+        self.on_vault_error: list[Callable[[], None]] = []
+        self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
 
     def reload(self, config: AgentConfig) -> None:
         """New config in force for the next job; connections under old material retire."""
+        old_vault = self.config.vault
         self.config = config
         self.caller.config = config
         self.credentials.reload(config)
         self.transport.set_resolve(config.resolve)
         self.transport.retire_all()
+        if self.vault is not None and config.vault != old_vault:
+            vault, self.vault = self.vault, None  # the next load logs in to the new one
+            task = asyncio.get_running_loop().create_task(vault.close())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+    @property
+    def uses_vault(self) -> bool:
+        return any(p.vault_path or p.vault_pki for p in self.config.profiles.values())
+
+    async def _vault_load(self, profile: ProfileConfig) -> ProfileMaterial:
+        if self.vault is None:
+            from .keystores.vault import Vault  # hvac is only imported when a profile needs it
+
+            try:
+                vault = Vault(self.config.vault, on_renew=self._renewed)
+            except ConfigError as exc:
+                raise VaultError(f"profile {profile.name}: {exc.message}") from None
+            await vault.start()
+            self.vault = vault
+        try:
+            return await self.vault.load(profile)
+        except VaultError:
+            for callback in self.on_vault_error:
+                callback()
+            raise
+
+    def _renewed(self, name: str, material: ProfileMaterial) -> None:
+        """A vault PKI certificate was renewed: new connections present the new one."""
+        if name in self.config.profiles:
+            self.credentials.replace_profile(name, material)
+            log.info("profile %s: renewed certificate from the vault in force", name)
+        for callback in self.on_vault_renew:
+            callback(name, material)
+
+    async def check_vault(self) -> None:
+        """Raise VaultError unless the vault (when profiles use it) answers: for readiness."""
+        if self.vault is not None:
+            await self.vault.check()
 
     async def close(self) -> None:
         await self.transport.close()
+        if self.vault is not None:
+            await self.vault.close()
+            self.vault = None
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 class Daemon:

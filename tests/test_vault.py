@@ -23,7 +23,7 @@ from agent.jobs import Job, Result
 from agent.keystores.sources import ProfileMaterial
 from agent.keystores.vault import Vault, parse_pki
 from agent.pki import CA
-from agent.transport import Transport
+from agent.runtime import Engine
 from tests.conftest import P12_PASSWORD, PKI, write_config
 from tests.openbao import OpenBao, openbao_fixture, openbao_tls_fixture  # noqa: F401
 
@@ -297,17 +297,16 @@ async def test_vault_down_uses_cached_material_and_fails_without_it(
 @asynccontextmanager
 async def engine(
     tmp: Path, params: dict[str, str], on_renew: Callable[[str, ProfileMaterial], None] | None
-) -> AsyncIterator[tuple[Caller, Credentials, Vault]]:
-    """config.xml → Vault → Credentials → Transport → Caller, wired as the daemon wires them."""
+) -> AsyncIterator[tuple[Caller, Credentials, Engine]]:
+    """config.xml → the Engine (vault, credentials, transport, caller) the daemon runs."""
     config = AgentConfig.from_xml(write_config(tmp, params).read_bytes(), base_dir=tmp)
-    transport = Transport(config.resolve)
-    async with Vault(config.vault, on_renew=on_renew) as vault:
-        credentials = Credentials(config, vault_loader=vault.load)
-        credentials.on_rotate.append(transport.retire)
-        try:
-            yield Caller(config, credentials, transport), credentials, vault
-        finally:
-            await transport.close()
+    eng = Engine(config)
+    if on_renew is not None:
+        eng.on_vault_renew.append(on_renew)
+    try:
+        yield eng.caller, eng.credentials, eng
+    finally:
+        await eng.close()
 
 
 def echo_job(job_id: str, port: int, profile: str) -> Job:
@@ -371,14 +370,11 @@ async def test_pki_certificate_is_accepted_and_renewed_into_new_connections(
         f"{V}.token": openbao.root_token,
     }
     renewed: asyncio.Queue[ProfileMaterial] = asyncio.Queue()
-    credentials_ref: list[Credentials] = []
 
     def on_renew(name: str, material: ProfileMaterial) -> None:
-        credentials_ref[0].replace_profile(name, material)
         renewed.put_nowait(material)
 
     async with engine(tmp_path, params, on_renew) as (caller, credentials, _):
-        credentials_ref.append(credentials)
         first = await caller.run(echo_job("vault-pki-1", mtls_server.port, "issued"))
         assert seen_client(first) == "CN=agent-from-vault"
         old = await credentials.for_profile(credentials.config.profiles["issued"])
