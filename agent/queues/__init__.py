@@ -20,7 +20,8 @@ def open_queue(config: AgentConfig) -> Queue:
     if scheme in ("postgres", "postgresql"):
         from .postgres import PostgresQueue
 
-        return PostgresQueue(url)
+        queue: Queue = PostgresQueue(url)
+        return queue
     if scheme == "https":
         from .ecc import EccQueue
 
