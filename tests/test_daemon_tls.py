@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from agent.jobs import Job
+from agent.queues.sqlite import SqliteQueue
 from agent.runtime import Engine
 from tests.conftest import arun_agent, write_config
 from tests.servers import NginxPorts, ServerPKI, Tinyproxy
@@ -41,10 +42,16 @@ async def test_daemon_alternating_certificates_to_one_host(
     await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
     ran = await arun_agent("-c", str(config), "run", "--burst")
     assert ran.returncode == 0, ran.stderr
-    for i, job in enumerate(jobs):
-        result = await result_of(config, job["id"])
-        seen = json.loads(str(result["body"]))
-        assert seen["client_dn"].startswith(f"CN=client-{job['protocol_profile']}"), (i, seen)
+    queue = SqliteQueue(tmp_path / "queue.db")
+    await queue.open()
+    try:
+        for i, job in enumerate(jobs):
+            status = await queue.status(job["id"])
+            assert status is not None and status.result is not None, job["id"]
+            seen = json.loads(str(status.result.body))
+            assert seen["client_dn"].startswith(f"CN=client-{job['protocol_profile']}"), (i, seen)
+    finally:
+        await queue.close()
 
 
 async def test_sighup_puts_a_changed_keystore_in_force_for_the_next_job(
