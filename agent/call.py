@@ -101,7 +101,8 @@ class Caller:
             async with asyncio.timeout(job.timeout):
                 result = await self._send(job, prepared)
         except AgentError as exc:
-            result = Result.failed(job.id, exc.kind, exc.message)
+            tls = prepared.tls if prepared is not None else None
+            result = Result.failed(job.id, exc.kind, exc.message, tls=tls)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a result
             if prepared is None:
                 log.exception("job %s: unexpected failure", job.id)

@@ -19,6 +19,7 @@ from .config import AgentConfig
 from .errors import AgentError, ConfigError, JobError
 from .jobs import Job
 from .logs import setup_logging
+from .soap import build_request
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
@@ -65,10 +66,14 @@ def parse_jobs(text: str) -> list[Job]:
     jobs = []
     for number, item in enumerate(items, 1):
         try:
-            jobs.append(Job.from_dict(item))
+            job = Job.from_dict(item)
+            if job.topic == "SOAPProbe":  # refuse an unusable body now, not when it runs
+                build_request(job.body, version=job.soap_version, action=job.soap_action)
+            jobs.append(job)
         except JobError as exc:
-            prefix = where.format(number) if len(items) > 1 else "job"
-            raise JobError(exc.field, f"{prefix}: {exc.message}") from None
+            if len(items) == 1:
+                raise
+            raise JobError(exc.field, exc.detail, where=where.format(number)) from None
     return jobs
 
 

@@ -77,9 +77,11 @@ class JobError(AgentError):
 
     kind = "invalid_job"
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"job field {field!r}: {message}")
+    def __init__(self, field: str, message: str, *, where: str | None = None) -> None:
+        place = f" of {where}" if where else ""
+        super().__init__(f"job field {field!r}{place}: {message}")
         self.field = field
+        self.detail = message
 
 
 class UnknownProfileError(JobError):

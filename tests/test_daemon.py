@@ -174,6 +174,12 @@ async def test_invalid_job_names_the_field_and_enqueues_nothing(tmp_path: Path) 
     assert "'timeout'" in ran.stderr and "job #2" in ran.stderr and "Traceback" not in ran.stderr
     ran = await arun_agent("-c", str(config), "result", "fine")
     assert ran.returncode == 4
+    soap = {"id": "soap", "topic": "SOAPProbe", "endpoint": "https://a.example/", "body": "x <y"}
+    ran = await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps([good, soap]))
+    assert ran.returncode == 2
+    assert "'body' of job #2" in ran.stderr and "well-formed" in ran.stderr
+    ran = await arun_agent("-c", str(config), "result", "fine")
+    assert ran.returncode == 4
 
 
 @pytest.mark.parametrize(
