@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,19 @@ async def _with_queue(config: AgentConfig, fn: Any) -> Any:
         await queue.close()
 
 
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run the daemon's loop: uvloop when it is installed (``AGENT_LOOP=asyncio`` opts out)."""
+    if os.environ.get("AGENT_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import Daemon
 
@@ -107,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         supervisor = Supervisor(_config_path(args), config.workers, burst=args.burst)
         return asyncio.run(supervisor.run())
     daemon = Daemon(config, _config_path(args), burst=args.burst)
-    return asyncio.run(daemon.run())
+    return run_loop(daemon.run())
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
