@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..jobs import Job, Result
 
@@ -82,3 +83,17 @@ class Queue(abc.ABC):
     async def depth(self) -> int | None:
         """Jobs waiting in ``ready``, where the backend can tell."""
         return None
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the user part or a ``password=`` query) replaced."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

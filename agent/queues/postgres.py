@@ -1,0 +1,348 @@
+"""The shared queue: one PostgreSQL table that many agents on many hosts claim from.
+
+Each operation is one statement, so one round trip and one short transaction:
+
+- ``enqueue`` inserts with ``ON CONFLICT (id) DO NOTHING`` and, in the same statement,
+  ``pg_notify`` on channel ``agent_jobs``; the notification is sent only at commit.
+- ``claim`` locks candidates with ``FOR UPDATE SKIP LOCKED`` (two agents never wait for or take
+  the same row), lapsed leases first, then ready jobs in enqueue order, and bumps ``token`` and
+  ``attempt`` as the embedded queue does.
+- ``renew``/``complete``/``release`` take the whole batch as ``unnest`` arrays and match each row
+  on ``(id, token)``: a claim whose token is no longer current is fenced out and reported back.
+
+Leases are compared with the server's clock (``now()``), so agents' clocks need not agree.
+``wait_for_work`` listens on a dedicated connection, opened in ``open()`` so no notification sent
+after start-up is missed; if that connection drops it is reopened lazily, and meanwhile waiting
+falls back to sleeping for the poll interval. The schema is created and migrated under a
+transaction-scoped advisory lock, so agents starting together do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from ..errors import QueueError
+from ..jobs import Job, Result
+from .base import Claim, JobStatus, Queue, redact_url
+
+log = logging.getLogger("agent.queues.postgres")
+
+T = TypeVar("T")
+
+CHANNEL = "agent_jobs"
+SCHEMA_LOCK = 0x6A6F62715F7363  # pg_advisory_xact_lock key: serialises migrations
+CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0
+LISTEN_RETRY = 5.0  # seconds between attempts to reopen a lost LISTEN connection
+CONNECT_HINT = "; check parameter url (host, port, database, user, password) and the server"
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE agent_jobs (
+        id text PRIMARY KEY,
+        seq bigserial NOT NULL UNIQUE,
+        state text NOT NULL DEFAULT 'ready'
+            CHECK (state IN ('ready', 'processing', 'processed', 'error')),
+        job jsonb NOT NULL,
+        result jsonb,
+        attempt integer NOT NULL DEFAULT 0,
+        token bigint NOT NULL DEFAULT 0,
+        agent text,
+        lease_until timestamptz,
+        created timestamptz NOT NULL DEFAULT now(),
+        updated timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX agent_jobs_ready ON agent_jobs (seq) WHERE state = 'ready';
+    CREATE INDEX agent_jobs_leased ON agent_jobs (lease_until) WHERE state = 'processing';
+    """,
+)
+
+ENQUEUE = """
+WITH added AS (
+    INSERT INTO agent_jobs (id, job)
+    SELECT id, job::jsonb FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS j(id, job, n)
+    ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
+)
+SELECT pg_notify($3, count(*)::text) FROM added HAVING count(*) > 0
+"""
+
+# Two index-ordered scans (lapsed leases by deadline, then ready jobs by seq) that stop at the
+# limit: the cost does not grow with the backlog, unlike one ORDER BY over both kinds.
+CLAIM = """
+WITH lapsed AS MATERIALIZED (
+    SELECT id FROM agent_jobs
+    WHERE state = 'processing' AND lease_until < now()
+    ORDER BY lease_until
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), ready AS MATERIALIZED (
+    SELECT id FROM agent_jobs
+    WHERE state = 'ready'
+    ORDER BY seq
+    LIMIT greatest(0, $3 - (SELECT count(*) FROM lapsed))
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE agent_jobs j
+SET state = 'processing', token = j.token + 1, attempt = j.attempt + 1, agent = $1,
+    lease_until = now() + make_interval(secs => $2), updated = now()
+WHERE j.id IN (SELECT id FROM lapsed UNION ALL SELECT id FROM ready)
+RETURNING j.id, j.job::text, j.token, j.attempt, j.seq
+"""
+
+RENEW = """
+UPDATE agent_jobs j SET lease_until = now() + make_interval(secs => $3), updated = now()
+FROM unnest($1::text[], $2::bigint[]) AS c(id, token)
+WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
+RETURNING j.id, j.token
+"""
+
+COMPLETE = """
+UPDATE agent_jobs j
+SET state = c.state, result = c.result::jsonb, lease_until = NULL, updated = now()
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS c(id, token, state, result)
+WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
+RETURNING j.id, j.token
+"""
+
+RELEASE = """
+UPDATE agent_jobs j
+SET state = 'ready', lease_until = NULL, agent = NULL, attempt = j.attempt - 1, updated = now()
+FROM unnest($1::text[], $2::bigint[]) AS c(id, token)
+WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
+"""
+
+
+def _fenced(claims: list[Claim], rows: list[Any]) -> list[Claim]:
+    """The claims whose (id, token) the statement did not match."""
+    matched = {(row[0], row[1]) for row in rows}
+    return [c for c in claims if (c.job.id, c.token) not in matched]
+
+
+class PostgresQueue(Queue):
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: Any = None  # asyncpg.Pool
+        self._listener: Any = None  # asyncpg.Connection holding LISTEN
+        self._listen_retry_at = 0.0
+        self._listen_failing = False  # log a lost LISTEN once, not on every retry
+        self._notified = asyncio.Event()
+        self._connecting: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresQueue({redact_url(self.url)!r})"
+
+    def _error(self, exc: BaseException, doing: str, hint: str = "") -> QueueError:
+        """A QueueError naming the redacted URL; the password never appears, even if echoed."""
+        text = f"{exc.__class__.__name__}: {exc}".strip().rstrip(":")
+        password = urlsplit(self.url).password
+        if password:
+            text = text.replace(password, "***")
+        return QueueError(f"queue {redact_url(self.url)}: {doing} failed ({text}){hint}")
+
+    async def _db(self, doing: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        return await self._pool_call(doing, fn)
+
+    async def _pool_call(self, doing: str, fn: Callable[[Any], Awaitable[T]], hint: str = "") -> T:
+        if self._pool is None:
+            raise QueueError(f"queue {redact_url(self.url)} is not open")
+        try:
+            return await fn(self._pool)
+        except DB_ERRORS as exc:
+            raise self._error(exc, doing, hint) from exc
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            # min_size=0: connections are made on demand, so an outage does not leave the pool
+            # retrying a connection floor in the background.
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=0,
+                max_size=self.pool_size,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+            )
+        except ValueError as exc:  # a malformed URL: asyncpg names the part
+            raise QueueError(f"url {redact_url(self.url)!r}: {exc}") from None
+        except DB_ERRORS as exc:
+            raise self._error(exc, "connect", CONNECT_HINT) from exc
+        try:
+            await self._pool_call("connect", self._migrate, CONNECT_HINT)
+        except QueueError:
+            await self.close()
+            raise
+        await self._listen()
+
+    async def _migrate(self, pool: Any) -> None:
+        async with pool.acquire() as con, con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await con.execute(
+                "CREATE TABLE IF NOT EXISTS agent_schema_version (version integer NOT NULL)"
+            )
+            version = await con.fetchval("SELECT max(version) FROM agent_schema_version") or 0
+            for number, ddl in enumerate(MIGRATIONS[version:], start=version + 1):
+                await con.execute(ddl)
+                await con.execute("INSERT INTO agent_schema_version VALUES ($1)", number)
+                log.info("queue schema migrated to version %d", number)
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        await self._drop_listener()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
+            except (TimeoutError, *DB_ERRORS):
+                pool.terminate()
+
+    # -- notifications -----------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Open the LISTEN connection; on failure, waiting polls until a later retry works."""
+        self._listen_retry_at = time.monotonic() + LISTEN_RETRY
+        con = None
+        try:
+            con = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
+            await con.add_listener(CHANNEL, self._on_notify)
+        except DB_ERRORS as exc:
+            if con is not None:
+                con.terminate()
+            if not self._listen_failing:
+                log.warning("%s; polling instead until it works", self._error(exc, "LISTEN"))
+            self._listen_failing = True
+            return
+        con.add_termination_listener(self._on_listener_lost)
+        self._listener = con
+        if self._listen_failing:
+            log.info("queue %s: LISTEN connection back", self)
+        self._listen_failing = False
+        self._notified.set()  # jobs may have come while nobody listened
+
+    def _on_notify(self, *_: object) -> None:
+        self._notified.set()
+
+    def _on_listener_lost(self, con: object) -> None:
+        if con is self._listener:
+            log.warning("queue %s: LISTEN connection lost; polling until it is back", self)
+            self._listener = None
+            self._listen_failing = True
+            self._notified.set()  # poll once now: a notification may have been lost with it
+
+    async def _drop_listener(self) -> None:
+        con, self._listener = self._listener, None
+        if con is not None and not con.is_closed():
+            try:
+                await asyncio.wait_for(con.close(), CONNECT_TIMEOUT)
+            except (TimeoutError, *DB_ERRORS):
+                con.terminate()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._reconnect_if_due()
+            if self._notified.is_set():
+                self._notified.clear()
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            step = deadline - now
+            if self._listener is None:  # wake up for the next reconnect attempt
+                step = min(step, max(0.05, self._listen_retry_at - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._notified.wait(), step)
+
+    def _reconnect_if_due(self) -> None:
+        if (
+            self._listener is None
+            and self._pool is not None
+            and self._connecting is None
+            and time.monotonic() >= self._listen_retry_at
+        ):
+            # A task of its own: the worker cancels this wait whenever a slot frees, which
+            # must not cut a reconnect in half. A successful one sets ``_notified``.
+            self._connecting = asyncio.create_task(self._listen(), name="queue-listen")
+            self._connecting.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        self._connecting = None
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: list[Job]) -> list[str]:
+        if jobs:
+            ids = [j.id for j in jobs]
+            bodies = [json.dumps(j.to_dict()) for j in jobs]
+            await self._db("enqueue", lambda pool: pool.execute(ENQUEUE, ids, bodies, CHANNEL))
+        return [j.id for j in jobs]
+
+    async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
+        if limit <= 0:
+            return []
+        rows = await self._db(
+            "claim", lambda pool: pool.fetch(CLAIM, agent, float(lease_seconds), limit)
+        )
+        rows = sorted(rows, key=lambda row: row[4])  # RETURNING keeps no order
+        return [Claim(Job.from_dict(json.loads(row[1])), row[2], row[3]) for row in rows]
+
+    async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
+        if not claims:
+            return []
+        ids, tokens = [c.job.id for c in claims], [c.token for c in claims]
+        rows = await self._db(
+            "renew", lambda pool: pool.fetch(RENEW, ids, tokens, float(lease_seconds))
+        )
+        return _fenced(claims, rows)
+
+    async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
+        if not results:
+            return []
+        claims = [c for c, _ in results]
+        args = (
+            [c.job.id for c in claims],
+            [c.token for c in claims],
+            [r.state for _, r in results],
+            [json.dumps(r.to_dict()) for _, r in results],
+        )
+        rows = await self._db("complete", lambda pool: pool.fetch(COMPLETE, *args))
+        return _fenced(claims, rows)
+
+    async def release(self, claims: list[Claim]) -> None:
+        if claims:
+            ids, tokens = [c.job.id for c in claims], [c.token for c in claims]
+            await self._db("release", lambda pool: pool.execute(RELEASE, ids, tokens))
+
+    async def status(self, job_id: str) -> JobStatus | None:
+        row = await self._db(
+            "status",
+            lambda pool: pool.fetchrow(
+                "SELECT state, result::text FROM agent_jobs WHERE id = $1", job_id
+            ),
+        )
+        if row is None:
+            return None
+        result = Result.from_dict(json.loads(row[1])) if row[1] else None
+        return JobStatus(job_id, row[0], result)
+
+    async def depth(self) -> int | None:
+        count: int = await self._db(
+            "depth",
+            lambda pool: pool.fetchval("SELECT count(*) FROM agent_jobs WHERE state = 'ready'"),
+        )
+        return count

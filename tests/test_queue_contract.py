@@ -1,0 +1,270 @@
+"""One contract for every queue backend: the semantics agent/queues/base.py promises.
+
+Each case runs against the embedded SQLite queue, PostgreSQL (a fresh database) and the ECC
+queue over the in-test Table API (tests/fake_instance.py). The ECC queue follows the MID's
+model, "one agent name is one agent": it has no leases, fencing tokens or atomic claims (the
+Table API offers no compare-and-set). The cases about those run on the backends that promise
+them (SQLite, PostgreSQL); the ECC queue's own promise, that an agent restarted under its name
+takes back the records it left in ``processing``, has its own case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.jobs import Job, Result
+from agent.queues.base import Claim, Queue
+from agent.queues.ecc import EccQueue
+from agent.queues.postgres import PostgresQueue
+from agent.queues.sqlite import SqliteQueue
+from tests.conftest import PKI
+from tests.fake_instance import FakeInstance, serve_instance
+from tests.pg import database_url, fresh_database
+
+pytestmark = pytest.mark.timeout(60)
+
+RECLAIM_SLACK = 3.0  # seconds past a lease's end for the job to be claimable again
+
+
+@dataclass
+class Backend:
+    name: str
+    make: Callable[[], Queue]  # a new, unopened queue object on the same store
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Queue]:
+        queue = self.make()
+        await queue.open()
+        try:
+            yield queue
+        finally:
+            await queue.close()
+
+
+@asynccontextmanager
+async def ecc_backend(pki: PKI, tmp_path: Path) -> AsyncIterator[Backend]:
+    issued = pki.ca.issue("instance", names=("127.0.0.1",))
+    crt, key = issued.write_pem(tmp_path, "instance")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(crt, key)
+    instance = FakeInstance()
+    async with serve_instance(instance, server_ctx) as url:
+
+        def make() -> Queue:
+            ctx = ssl.create_default_context(cadata=pki.ca.cert_pem().decode())
+            return EccQueue(
+                url,
+                agent="mid.server.contract",
+                username=instance.username,
+                password=instance.password,
+                ssl_context=ctx,
+            )
+
+        yield Backend("ecc", make)
+
+
+@asynccontextmanager
+async def make_backend(name: str, tmp_path: Path, pki: PKI) -> AsyncIterator[Backend]:
+    if name == "sqlite":
+        yield Backend("sqlite", lambda: SqliteQueue(tmp_path / "queue.db"))
+    elif name == "postgres":
+        async with fresh_database() as name:
+            yield Backend("postgres", lambda: PostgresQueue(database_url(name)))
+    else:
+        async with ecc_backend(pki, tmp_path) as ecc:
+            yield ecc
+
+
+@pytest.fixture(params=["sqlite", "postgres", "ecc"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, pki: PKI
+) -> AsyncIterator[Backend]:
+    """Every backend."""
+    async with make_backend(request.param, tmp_path, pki) as made:
+        yield made
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def leased(
+    request: pytest.FixtureRequest, tmp_path: Path, pki: PKI
+) -> AsyncIterator[Backend]:
+    """The backends with leases, fencing tokens and atomic claims (not the ECC queue)."""
+    async with make_backend(request.param, tmp_path, pki) as made:
+        yield made
+
+
+@pytest.fixture
+async def queue(backend: Backend) -> AsyncIterator[Queue]:
+    async with backend.opened() as q:
+        yield q
+
+
+@pytest.fixture
+async def leased_queue(leased: Backend) -> AsyncIterator[Queue]:
+    async with leased.opened() as q:
+        yield q
+
+
+def job(job_id: str) -> Job:
+    return Job.from_dict(
+        {"id": job_id, "topic": "RESTProbe", "endpoint": f"https://a.example/{job_id}"}
+    )
+
+
+def done(claim: Claim, state: str = "processed") -> tuple[Claim, Result]:
+    if state == "processed":
+        return claim, Result(id=claim.job.id, state="processed", status=200, body="ok")
+    return claim, Result.failed(claim.job.id, "connect", "refused")
+
+
+async def reclaim(queue: Queue, agent: str, lease: float) -> list[Claim]:
+    """Claim until a lease of ``lease`` seconds lapses and its job comes back (polled, bounded)."""
+    end = time.monotonic() + lease + RECLAIM_SLACK
+    while time.monotonic() < end:
+        claims = await queue.claim(agent, 10, 60)
+        if claims:
+            return claims
+        await asyncio.sleep(0.05)
+    raise AssertionError("no lapsed lease came back")
+
+
+async def test_enqueue_is_idempotent(queue: Queue) -> None:
+    assert await queue.enqueue([job("a"), job("b")]) == ["a", "b"]
+    assert await queue.enqueue([job("a")]) == ["a"]
+    claims = await queue.claim("agent-1", 10, 60)
+    assert sorted(c.job.id for c in claims) == ["a", "b"]
+    assert await queue.claim("agent-1", 10, 60) == []
+
+
+async def test_claim_takes_jobs_in_enqueue_order_up_to_the_limit(queue: Queue) -> None:
+    ids = [f"job-{i}" for i in range(5)]
+    await queue.enqueue([job(i) for i in ids[:3]])
+    await queue.enqueue([job(i) for i in ids[3:]])
+    first = await queue.claim("agent-1", 3, 60)
+    assert [c.job.id for c in first] == ids[:3]
+    assert first[0].job == job("job-0")
+    assert all(c.attempt == 1 for c in first)
+    assert [c.job.id for c in await queue.claim("agent-1", 3, 60)] == ids[3:]
+    assert await queue.claim("agent-1", 0, 60) == []
+    status = await queue.status("job-4")
+    assert status is not None and (status.state, status.result) == ("processing", None)
+
+
+async def test_lapsed_lease_is_claimed_again_with_a_higher_token(leased_queue: Queue) -> None:
+    queue = leased_queue
+    await queue.enqueue([job("lapse")])
+    (first,) = await queue.claim("agent-1", 1, 0.1)
+    (again,) = await reclaim(queue, "agent-2", 0.1)
+    assert again.job.id == "lapse"
+    assert again.token > first.token and again.attempt == first.attempt + 1 == 2
+
+
+async def test_renew_keeps_the_lease(leased_queue: Queue) -> None:
+    queue = leased_queue
+    await queue.enqueue([job("kept"), job("lapsed")])
+    kept, lapsed = await queue.claim("agent-1", 2, 0.5)
+    assert await queue.renew([kept], 60) == []
+    # Both leases ran out at the same moment; only the renewed one must stay ours.
+    assert [c.job.id for c in await reclaim(queue, "agent-2", 0.5)] == ["lapsed"]
+    assert await queue.complete([done(kept)]) == []
+    assert lapsed.job.id == "lapsed"
+
+
+async def test_stale_token_is_fenced_out(leased_queue: Queue) -> None:
+    queue = leased_queue
+    await queue.enqueue([job("fenced")])
+    (stale,) = await queue.claim("agent-1", 1, 0.1)
+    (current,) = await reclaim(queue, "agent-2", 0.1)
+    assert await queue.renew([stale], 60) == [stale]
+    assert await queue.complete([done(stale, "error")]) == [stale]
+    await queue.release([stale])  # no effect: the job is agent-2's now
+    status = await queue.status("fenced")
+    assert status is not None and (status.state, status.result) == ("processing", None)
+    assert await queue.complete([done(current)]) == []
+    status = await queue.status("fenced")
+    assert status is not None and status.state == "processed"
+
+
+async def test_release_returns_the_job_without_counting_an_attempt(queue: Queue) -> None:
+    await queue.enqueue([job("given-back")])
+    (claim,) = await queue.claim("agent-1", 1, 60)
+    await queue.release([claim])
+    status = await queue.status("given-back")
+    assert status is not None and status.state == "ready"
+    (again,) = await queue.claim("agent-2", 1, 60)
+    assert again.job.id == "given-back" and again.attempt == claim.attempt == 1
+
+
+async def test_complete_stores_the_result_and_its_state(queue: Queue) -> None:
+    await queue.enqueue([job("ok"), job("bad")])
+    ok, bad = await queue.claim("agent-1", 2, 60)
+    assert await queue.complete([done(ok), done(bad, "error")]) == []
+    ok_status, bad_status = await queue.status("ok"), await queue.status("bad")
+    assert ok_status is not None and ok_status.state == "processed"
+    assert ok_status.result is not None and ok_status.result.body == "ok"
+    assert bad_status is not None and bad_status.state == "error"
+    assert bad_status.result is not None and bad_status.result.error is not None
+    assert bad_status.result.error.kind == "connect"
+    assert await queue.claim("agent-1", 10, 60) == []
+
+
+async def test_status_of_an_unknown_id_is_none(queue: Queue) -> None:
+    assert await queue.status("never-enqueued") is None
+
+
+async def test_results_survive_close_and_open(backend: Backend) -> None:
+    async with backend.opened() as queue:
+        await queue.enqueue([job("durable"), job("waiting")])
+        (claim,) = await queue.claim("agent-1", 1, 60)
+        await queue.complete([done(claim)])
+    async with backend.opened() as queue:
+        status = await queue.status("durable")
+        assert status is not None and status.state == "processed"
+        assert status.result is not None and status.result.status == 200
+        waiting = await queue.status("waiting")
+        assert waiting is not None and waiting.state == "ready"
+
+
+async def test_concurrent_claimers_never_share_a_job(leased: Backend) -> None:
+    backend = leased
+    ids = [f"c-{i:03d}" for i in range(60)]
+    async with AsyncExitStack() as stack:
+        one = await stack.enter_async_context(backend.opened())
+        two = await stack.enter_async_context(backend.opened())
+        await one.enqueue([job(i) for i in ids])
+        taken: list[str] = []
+        while True:
+            rounds = await asyncio.gather(
+                *(q.claim(f"agent-{n}", 3, 60) for n, q in enumerate([one, two] * 4))
+            )
+            got = [c.job.id for claims in rounds for c in claims]
+            if not got:
+                break
+            taken += got
+    assert len(taken) == len(set(taken)), "a job was claimed twice"
+    assert sorted(taken) == ids
+
+
+async def test_ecc_agent_restarted_under_its_name_takes_back_its_records(
+    tmp_path: Path, pki: PKI
+) -> None:
+    """The ECC queue's recovery: records left ``processing`` by a run that died are run again."""
+    async with ecc_backend(pki, tmp_path) as ecc:
+        async with ecc.opened() as first:
+            await first.enqueue([job("left-behind"), job("untouched")])
+            (claim,) = await first.claim("mid.server.contract", 1, 60)
+            assert claim.job.id == "left-behind"
+            status = await first.status("left-behind")
+            assert status is not None and status.state == "processing"
+        async with ecc.opened() as restarted:
+            again = await restarted.claim("mid.server.contract", 10, 60)
+            assert sorted(c.job.id for c in again) == ["left-behind", "untouched"]
+            assert await restarted.claim("mid.server.contract", 10, 60) == []
