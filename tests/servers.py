@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import pytest
 
@@ -203,7 +204,29 @@ class ServerPKI:
 # Processes
 
 
-class _Process:
+class Managed:
+    """``with server:`` starts it and always stops it."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _Process(Managed):
     """A child process started in a directory, ready when ``_ready()`` says so, always stopped."""
 
     name = "server"
@@ -274,18 +297,6 @@ class _Process:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-    def __enter__(self) -> _Process:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,10 +501,6 @@ http {{
         self._prepare()
         super().start(timeout)
 
-    def __enter__(self) -> Nginx:
-        self.start()
-        return self
-
 
 def sni_port(pki: ServerPKI, port: int, *, upstream_port: int | None = None) -> list[NginxServer]:
     """alpha.test and beta.test (own certificates) on one port; no or unknown SNI is refused."""
@@ -672,10 +679,6 @@ class OpenSSLServer(_Process):
             time.sleep(0.02)  # the trace is written by another process; bounded by deadline
         return hellos[:count]
 
-    def __enter__(self) -> OpenSSLServer:
-        self.start()
-        return self
-
 
 # ---------------------------------------------------------------------------------------------
 # tinyproxy
@@ -742,10 +745,6 @@ class Tinyproxy(_Process):
     def connects(self) -> list[str]:
         """``host:port`` of every CONNECT request received, in order."""
         return _CONNECT.findall(self.log())
-
-    def __enter__(self) -> Tinyproxy:
-        self.start()
-        return self
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,14 +31,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import spec_from_loader
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from aiohttp import web
 
 from tests.conftest import write_config
-from tests.servers import Nginx, ServerPKI, free_port, sni_port
+from tests.servers import Managed, Nginx, ServerPKI, free_port, sni_port
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # cgi deprecation, six's importer (see docstring)
@@ -133,7 +132,7 @@ class _QuietHandler(WSGIRequestHandler):
         """Requests are recorded by the app; no access log on the test's stderr."""
 
 
-class SoapBackend:
+class SoapBackend(Managed):
     """``with SoapBackend() as backend:`` — spyne on ``http://127.0.0.1:<port>/soap11|soap12``."""
 
     def __init__(self) -> None:
@@ -187,17 +186,6 @@ class SoapBackend:
         if self._thread is not None:
             self._thread.join(5)
 
-    def __enter__(self) -> SoapBackend:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @contextmanager
