@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import random
 import ssl
@@ -241,6 +242,7 @@ def _as_text(data: bytes, content_type: str, charset: str | None) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)  # the same few server certificates, on every job
 def _subject(der: bytes | None) -> str | None:
     if not der:
         return None

@@ -9,6 +9,7 @@ hands a connection opened under one key to a job that needs another.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import ssl
@@ -45,7 +46,7 @@ class Identity:
     port: int = 443
     _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
 
-    @property
+    @functools.cached_property
     def client_subject(self) -> str | None:
         client = self.material.client
         return client.subject if client else None

@@ -40,6 +40,7 @@ class Stats:
 
 
 JobHook = Callable[[Claim, Result, float], None]
+ClaimHook = Callable[[float, QueueError | None], None]  # seconds the claim took, its failure
 
 
 def log_fields(job: Job, result: Result) -> dict[str, object]:
@@ -66,15 +67,19 @@ class Worker:
         burst: bool = False,
         on_result: JobHook | None = None,
         journal: Journal | None = None,
+        on_claim: ClaimHook | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
         self.caller = caller
         self.burst = burst
         self.on_result = on_result
+        self.on_claim = on_claim
         self.journal = journal
         self.stats = Stats()
         self._running: dict[asyncio.Task[None], Claim] = {}
+        self._results: list[tuple[Claim, Result, float, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._unfinished: dict[str, Claim] = {}  # claimed, result not yet stored
         self._stopping = asyncio.Event()
         self._aborting = False
@@ -139,21 +144,31 @@ class Worker:
             await self._wait(slot=self.burst, idle=True)
 
     async def _claim(self, limit: int) -> list[Claim]:
+        start = time.perf_counter()
         try:
             claims = await self.queue.claim(
                 self.config.agent_name, limit, self.config.lease_seconds
             )
         except QueueError as exc:
+            self._claimed(start, exc)
             self._queue_failures += 1
             delay = random.uniform(0, min(QUEUE_BACKOFF_CAP, 0.5 * 2**self._queue_failures))
             log.error("queue unreachable (%s); retrying in %.1f s", exc, delay)
             await self._wait(timeout=delay)
             return []
+        self._claimed(start, None)
         self._queue_failures = 0
         if self._journal_waiting:
             await self.deliver_journal()
         self.stats.claimed += len(claims)
         return claims
+
+    def _claimed(self, start: float, error: QueueError | None) -> None:
+        if self.on_claim is not None:
+            try:
+                self.on_claim(time.perf_counter() - start, error)
+            except Exception:  # noqa: BLE001 - a metrics hook must not stop the worker
+                log.exception("claim hook failed")
 
     async def _wait(
         self, *, slot: bool = False, idle: bool = False, timeout: float | None = None
@@ -192,13 +207,39 @@ class Worker:
         await asyncio.shield(self._complete(claim, result, time.perf_counter() - start))
 
     async def _complete(self, claim: Claim, result: Result, seconds: float) -> None:
-        try:
-            fenced = await self.queue.complete([(claim, result)])
-        except QueueError as exc:
-            await self._keep(claim, result, exc)
-            return
-        finally:
-            self._unfinished.pop(claim.job.id, None)
+        """Hand the result to the writer and wait until it is stored (or journaled)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._results.append((claim, result, seconds, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_results(), name="result-writer")
+        await done
+
+    async def _write_results(self) -> None:
+        """Group commit: every result that finished while the last write ran goes in the next
+        one, so a busy agent pays for one queue transaction per batch instead of per job."""
+        while self._results:
+            batch, self._results = self._results, []
+            error: QueueError | None = None
+            fenced: set[tuple[str, int]] = set()
+            try:
+                lost = await self.queue.complete([(c, r) for c, r, _, _ in batch])
+                fenced = {(c.job.id, c.token) for c in lost}
+            except QueueError as exc:
+                error = exc
+            for claim, result, seconds, done in batch:
+                try:
+                    self._unfinished.pop(claim.job.id, None)
+                    if error is not None:
+                        await self._keep(claim, result, error)
+                    else:
+                        self._account(claim, result, seconds, (claim.job.id, claim.token) in fenced)
+                except Exception:  # noqa: BLE001 - one result's trouble must not strand the rest
+                    log.exception("job %s: storing its result failed", claim.job.id)
+                finally:
+                    if not done.done():
+                        done.set_result(None)
+
+    def _account(self, claim: Claim, result: Result, seconds: float, fenced: bool) -> None:
         if fenced:
             self.stats.fenced += 1
             log.warning(
@@ -249,6 +290,9 @@ class Worker:
             return 0
         await self.journal.remove([claim.job.id for claim, _ in pending])
         self._journal_waiting = False
+        delivered = sum(result.state == "processed" for _, result in pending)
+        self.stats.processed += delivered
+        self.stats.errors += len(pending) - delivered
         log.info("journal: delivered %d result(s) kept while the queue was away", len(pending))
         return len(pending)
 
@@ -270,6 +314,8 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._writer is not None:  # results already made are stored, not given back
+            await asyncio.gather(self._writer, return_exceptions=True)
         unfinished = list(self._unfinished.values())
         if not unfinished:
             return

@@ -228,3 +228,25 @@ async def test_worker_processes_share_the_queue(
     assert len(processed) == 2 and sum(processed) == 12 and min(processed) > 0, processed
     assert set((await states(config, ids)).values()) == {"processed"}
     assert set(mtls_server.seen) == set(ids)
+
+
+async def test_an_enqueue_from_another_process_wakes_an_idle_daemon(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    """The embedded queue notices another process's commit: no waiting for mid.poll.time."""
+    config = profile_config(tmp_path, pki, mtls_server.port, **{"mid.poll.time": "60"})
+    daemon = await start_daemon(config)
+    try:
+        await asyncio.wait_for(log_line(daemon, "started"), 30)
+        for job_id in ("wake-1", "wake-2"):
+            ran = await arun_agent(
+                "-c", str(config), "enqueue", "-", input=json.dumps(job(job_id, mtls_server.port))
+            )
+            assert ran.returncode == 0, ran.stderr
+            # far below the 60 s poll interval: only the wake-up can bring each job in
+            ran = await arun_agent("-c", str(config), "result", job_id, "--wait", "20")
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+            assert json.loads(ran.stdout)["state"] == "processed"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0

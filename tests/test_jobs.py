@@ -91,3 +91,27 @@ def test_result_round_trips_through_dict() -> None:
     failed = Result.failed("b", "timeout", "no answer")
     assert Result.from_dict(failed.to_dict()) == failed
     assert failed.to_dict()["error"] == {"kind": "timeout", "message": "no answer"}
+
+
+def test_result_to_dict_carries_every_field() -> None:
+    """to_dict is written out by hand for speed: it must still carry every field there is."""
+    from dataclasses import asdict
+
+    from agent.jobs import ErrorInfo, SoapFault, TLSInfo
+
+    result = Result(
+        id="r",
+        state="processed",
+        status=500,
+        headers={"A": "b"},
+        body="x",
+        body_base64="eA==",
+        elapsed_ms=1.5,
+        attempts=2,
+        error=ErrorInfo("timeout", "slow"),
+        soap_fault=SoapFault("c", "m", "d"),
+        tls=TLSInfo("s", "TLSv1.3", "cipher", "CN=c", "CN=s"),
+    )
+    assert result.to_dict() == asdict(result)
+    assert Result.from_dict(result.to_dict()) == result
+    assert "body_base64" not in Result(id="r", state="processed").to_dict()

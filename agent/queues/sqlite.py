@@ -56,6 +56,10 @@ def sqlite_path(url: str, base_dir: Path) -> Path:
     return base_dir / rest[1:]
 
 
+WAKE_POLL_MIN = 0.002  # seconds between looks for another process's commit, just after work
+WAKE_POLL_MAX = 0.05  # ... and after a quiet while
+
+
 class SqliteQueue(Queue):
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -108,6 +112,29 @@ class SqliteQueue(Queue):
             raise
         db.execute("COMMIT")
         return out
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return soon after another process commits (an enqueue), or after ``timeout``.
+
+        SQLite has no notifications; ``PRAGMA data_version`` changes when another connection
+        commits, and reading it is a cheap in-memory check. It is looked at often just after
+        the queue went quiet (when work tends to come again soon) and then less often, up to
+        WAKE_POLL_MAX, so an idle agent costs next to nothing.
+        """
+        deadline = time.monotonic() + timeout
+        start = await self._run(self._data_version)
+        delay = WAKE_POLL_MIN
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(delay, left))
+            if await self._run(self._data_version) != start:
+                return
+            delay = min(WAKE_POLL_MAX, delay * 1.5)
+
+    def _data_version(self) -> int:
+        row = self.db.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
 
     # -- operations --------------------------------------------------------------------------
 

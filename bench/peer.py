@@ -1,0 +1,165 @@
+"""The benchmark's peer: a throwaway PKI and a minimal nginx requiring client certificates.
+
+The tests' harness nginx (tests/servers.py) carries echo maps and an access log for assertions;
+here every request costs nginx as little as possible, so the client side is what is measured.
+Two servers on 127.0.0.1: ``warm_port`` keeps connections alive (many requests each), and
+``cold_port`` closes after every answer (``keepalive_timeout 0``), so each request there needs a
+fresh handshake. Session caches and tickets are off: a new connection is a full mTLS handshake.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from agent.pki import CA
+
+HOST = "localhost"  # the URL host: SNI is sent, the server certificate names it
+PATH = "/bench"
+BODY = '{"ok":true}'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class BenchPKI:
+    """Root CA (trusted by the client), server chain for localhost, one client certificate."""
+
+    ca: Path
+    server_crt: Path
+    server_key: Path
+    client_crt: Path
+    client_key: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> BenchPKI:
+        directory.mkdir(parents=True, exist_ok=True)
+        root = CA("Bench Root CA")
+        inter = root.intermediate("Bench Intermediate CA")
+        ca = directory / "ca.pem"
+        ca.write_bytes(root.cert_pem())
+        server = inter.issue(HOST, names=(HOST, "127.0.0.1"))
+        server_crt, server_key = server.write_pem(directory, "server")
+        client_crt, client_key = root.issue("bench-client", client=True).write_pem(
+            directory, "client"
+        )
+        return cls(ca, server_crt, server_key, client_crt, client_key)
+
+
+def _server(port: int, pki: BenchPKI, keepalive: str) -> str:
+    return f"""  server {{
+    listen 127.0.0.1:{port} ssl default_server;
+    server_name {HOST};
+    ssl_certificate {pki.server_crt};
+    ssl_certificate_key {pki.server_key};
+    ssl_verify_client on;
+    ssl_verify_depth 2;
+    ssl_client_certificate {pki.ca};
+    keepalive_timeout {keepalive};
+    location = {PATH} {{ default_type application/json; return 200 '{BODY}'; }}
+    location / {{ return 404; }}
+  }}"""
+
+
+class BenchNginx:
+    """``with BenchNginx(dir, pki) as nginx:`` — both ports accept connections on return."""
+
+    def __init__(self, directory: Path, pki: BenchPKI) -> None:
+        self.directory = directory
+        self.pki = pki
+        self.warm_port = free_port()
+        self.cold_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, port: int) -> str:
+        return f"https://{HOST}:{port}{PATH}"
+
+    def config_text(self) -> str:
+        d = self.directory
+        temps = "\n".join(
+            f"  {k}_temp_path {d / 'tmp' / k};"
+            for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        return f"""daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+error_log {d / "error.log"} warn;
+pid {d / "nginx.pid"};
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+{temps}
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_session_cache off;
+  ssl_session_tickets off;
+  keepalive_requests 1000000;
+{_server(self.warm_port, self.pki, "300s")}
+{_server(self.cold_port, self.pki, "0")}
+}}
+"""
+
+    def start(self) -> None:
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.directory / "tmp" / kind).mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "nginx.conf"
+        conf.write_text(self.config_text())
+        log = self.directory / "nginx.stderr"
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                ["nginx", "-e", str(self.directory / "error.log"), "-p", str(self.directory)]
+                + ["-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 10
+        while not all(_accepts(p) for p in (self.warm_port, self.cold_port)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nginx did not start: {log.read_text(errors='replace')}")
+            time.sleep(0.02)  # readiness poll, bounded by the deadline
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def __enter__(self) -> BenchNginx:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def nginx_version() -> str:
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    return (out.stderr or out.stdout).strip().split("/", 1)[-1]

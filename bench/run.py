@@ -1,0 +1,494 @@
+"""``python -m bench.run [--quick] [--runs N] [--profile DIR]``: every scenario, one table.
+
+Scenarios (each run ``--runs`` times, interleaved round by round, figures are medians):
+
+1. warm — kept-alive mTLS: the daemon over the embedded SQLite queue (and PostgreSQL when
+   ``agent/queues/postgres.py`` exists and the server answers), a bare aiohttp loop, a
+   ``requests`` thread pool; then queue-to-result latency with jobs enqueued at half the agent's
+   peak rate while the daemon runs (not burst), against the bare loop paced the same way;
+2. cold — a fresh handshake per job (nginx closes after each answer): daemon, bare aiohttp with
+   ``force_close``, one ``curl`` per job, ``openssl s_time -new`` (one at a time);
+3. scale — jobs/s and the daemon's peak RSS with 1, 100 and 1,000 distinct profiles;
+4. start-up — spawn of ``agent run`` to the first claim.
+
+The daemon's ``threads.max`` equals the baselines' concurrency (``--concurrency``, default 25,
+the agent's default). Ratios compare figures from the same run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config import load_config
+from agent.queues import open_queue
+
+from . import agentrun, clients
+from .peer import BenchNginx, BenchPKI, nginx_version
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs: int = 3
+    warm: int = 20_000
+    cold: int = 2_000
+    requests_jobs: int = 5_000
+    curl_jobs: int = 1_000
+    scale_jobs: int = 10_000  # at 1,000 profiles: 10 jobs each, every profile used
+    scale_profiles: tuple[int, ...] = (1, 100, 1000)
+    latency_seconds: float = 10.0
+    s_time_seconds: int = 5
+    concurrency: int = 25
+    poll: float = 0.01  # mid.poll.time for the paced run: the SQLite queue has no push wake-up
+
+
+QUICK = Settings(
+    runs=1,
+    warm=1_000,
+    cold=200,
+    requests_jobs=500,
+    curl_jobs=100,
+    scale_jobs=500,
+    scale_profiles=(1, 10, 100),
+    latency_seconds=2.0,
+    s_time_seconds=1,
+)
+
+
+@dataclass
+class Figures:
+    """Every measurement by name, one value per run; reported as medians."""
+
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, value: float | None) -> None:
+        if value is not None:
+            print(f"    {name} = {value:,.1f}", file=sys.stderr, flush=True)
+            self.values.setdefault(name, []).append(value)
+
+    def get(self, name: str) -> float | None:
+        vals = self.values.get(name)
+        return statistics.median(vals) if vals else None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Bench:
+    def __init__(self, settings: Settings, work: Path, pki: BenchPKI, nginx: BenchNginx) -> None:
+        self.s = settings
+        self.work = work
+        self.pki = pki
+        self.nginx = nginx
+        self.ctx: ssl.SSLContext = clients.client_context(pki)
+        self.fig = Figures()
+        self.pg_url: str | None = None
+        self.notes: list[str] = []
+
+    def say(self, text: str) -> None:
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+    # -- the daemon ---------------------------------------------------------------------------
+
+    async def agent_burst(
+        self, tag: str, *, port: int, n: int, profiles: int = 1, url: str | None = None
+    ) -> tuple[float, agentrun.DaemonRun]:
+        """Enqueue ``n`` jobs, run ``agent run --burst``; jobs/s from first claim to last result."""
+        directory = self.work / tag
+        config_path = agentrun.write_config(
+            directory,
+            self.pki,
+            port=port,
+            threads=self.s.concurrency,
+            profiles=profiles,
+            url=url,
+        )
+        config = load_config(config_path)
+        await agentrun.enqueue(config, agentrun.make_jobs(n, port, profiles, tag))
+        run = await agentrun.run_burst(config_path, f"{tag}-0", timeout=600)
+        if run.first_claim is None:
+            raise RuntimeError(f"{tag}: the first claim was not seen")
+        last = run.exited
+        if url is None:
+            rows = agentrun.sqlite_rows(directory / "queue.db", tag)
+            agentrun.check_processed(rows, n, tag)
+            last = max(u for _, _, u in rows)
+        return n / (last - run.first_claim), run
+
+    async def agent_paced(self, tag: str, rate: float, n: int) -> list[float]:
+        """Queue-to-result latencies with jobs enqueued at ``rate`` while the daemon runs."""
+        directory = self.work / tag
+        port = self.nginx.warm_port
+        config_path = agentrun.write_config(
+            directory, self.pki, port=port, threads=self.s.concurrency, poll=self.s.poll
+        )
+        config = load_config(config_path)
+        warm = agentrun.make_jobs(self.s.concurrency * 4, port, 1, f"{tag}w")
+        await agentrun.enqueue(config, warm)
+        daemon = agentrun.Daemon(config_path, burst=False)
+        await daemon.start()
+        db = directory / "queue.db"
+        try:
+            await _until(lambda: agentrun.sqlite_pending(db) == 0, 60, "warm-up jobs")
+            jobs = agentrun.make_jobs(n, port, 1, tag)
+            queue = open_queue(config)
+            await queue.open()
+            try:
+                sent = 0
+
+                async def emit(count: int, now: float) -> None:
+                    nonlocal sent
+                    await queue.enqueue(jobs[sent : sent + count])
+                    sent += count
+
+                await clients.pace(rate, n, emit)
+            finally:
+                await queue.close()
+            await _until(lambda: agentrun.sqlite_pending(db) == 0, 120, "paced jobs")
+        finally:
+            await daemon.stop()
+        rows = agentrun.sqlite_rows(db, tag)
+        agentrun.check_processed(rows, n, tag)
+        return [u - c for _, c, u in rows]
+
+    # -- one round of every scenario -----------------------------------------------------------
+
+    async def round(self, i: int) -> None:
+        s, f, warm_url = self.s, self.fig, self.nginx.url(self.nginx.warm_port)
+        self.say(f"round {i + 1}/{s.runs}: warm")
+        rate, run = await self.agent_burst(f"warm-sqlite-{i}", port=self.nginx.warm_port, n=s.warm)
+        f.add("warm.agent.sqlite", rate)
+        f.add("startup.1", run.startup)
+        f.add("rss.1", run.peak_rss)
+        f.add("scale.1", rate)
+        if self.pg_url is not None:
+            db = await _pg_create(f"bench_{i}")
+            try:
+                url = self.pg_url.rsplit("/", 1)[0] + f"/{db}"
+                rate, _ = await self.agent_burst(
+                    f"warm-pg-{i}", port=self.nginx.warm_port, n=s.warm, url=url
+                )
+                f.add("warm.agent.postgres", rate)
+            finally:
+                await _pg_drop(db)
+        f.add("warm.aiohttp", await clients.aiohttp_loop(warm_url, self.ctx, s.warm, s.concurrency))
+        f.add(
+            "warm.requests",
+            await asyncio.to_thread(
+                clients.requests_pool, warm_url, self.pki, s.requests_jobs, s.concurrency
+            ),
+        )
+        await self.latency_round(i)
+        await self.cold_round(i)
+        await self.scale_round(i)
+
+    async def latency_round(self, i: int) -> None:
+        peak = self.fig.get("warm.agent.sqlite")
+        assert peak is not None
+        rate = peak / 2
+        n = max(self.s.concurrency, int(rate * self.s.latency_seconds))
+        self.say(f"round {i + 1}: paced latency at {rate:.0f} jobs/s")
+        agent = await self.agent_paced(f"paced-{i}", rate, n)
+        bare = await clients.aiohttp_paced(
+            self.nginx.url(self.nginx.warm_port), self.ctx, n, rate, self.s.concurrency
+        )
+        self.fig.add("paced.rate", rate)
+        for name, lat in (("agent", agent), ("aiohttp", bare)):
+            self.fig.add(f"paced.{name}.p50", percentile(lat, 0.5) * 1000)
+            self.fig.add(f"paced.{name}.p99", percentile(lat, 0.99) * 1000)
+
+    async def cold_round(self, i: int) -> None:
+        s, f, port = self.s, self.fig, self.nginx.cold_port
+        url = self.nginx.url(port)
+        self.say(f"round {i + 1}: cold")
+        rate, _ = await self.agent_burst(f"cold-{i}", port=port, n=s.cold)
+        f.add("cold.agent", rate)
+        f.add("cold.aiohttp", await clients.aiohttp_loop(url, self.ctx, s.cold, s.concurrency))
+        f.add(
+            "cold.curl",
+            await clients.curl_per_job(url, port, self.pki, s.curl_jobs, s.concurrency),
+        )
+        f.add(
+            "cold.s_time",
+            await asyncio.to_thread(clients.s_time, port, self.pki, s.s_time_seconds, "/bench"),
+        )
+
+    async def scale_round(self, i: int) -> None:
+        for k in self.s.scale_profiles:
+            if k == 1:
+                continue  # the warm run above is the one-profile case
+            self.say(f"round {i + 1}: scale, {k} profiles")
+            rate, run = await self.agent_burst(
+                f"scale-{k}-{i}", port=self.nginx.warm_port, n=self.s.scale_jobs, profiles=k
+            )
+            self.fig.add(f"scale.{k}", rate)
+            self.fig.add(f"rss.{k}", run.peak_rss)
+            self.fig.add(f"startup.{k}", run.startup)
+
+
+async def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not finish within {timeout:g} s")
+        await asyncio.sleep(0.01)
+
+
+# -- PostgreSQL: a database of our own per run, dropped afterwards -------------------------------
+
+
+async def _pg_connect(url: str) -> Any:
+    import asyncpg
+
+    return await asyncio.wait_for(asyncpg.connect(url), 5)
+
+
+async def postgres_available(url: str) -> str | None:
+    """None when the PostgreSQL queue can be benchmarked, else why not."""
+    if not (Path(agentrun.REPO) / "agent" / "queues" / "postgres.py").exists():
+        return "agent/queues/postgres.py does not exist yet"
+    try:
+        con = await _pg_connect(url)
+    except Exception as exc:  # noqa: BLE001 - any failure means: skip with the reason
+        return f"PostgreSQL at {url} does not answer ({exc.__class__.__name__})"
+    await con.close()
+    return None
+
+
+async def _pg_create(stem: str) -> str:
+    name = f"{stem}_{os.getpid()}"
+    con = await _pg_connect(PG_URL)
+    try:
+        await con.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await con.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await con.close()
+    return name
+
+
+async def _pg_drop(name: str) -> None:
+    con = await _pg_connect(PG_URL)
+    try:
+        await con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await con.close()
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def environment() -> list[str]:
+    import platform
+
+    import aiohttp
+
+    return [
+        f"machine: {os.cpu_count()} CPU(s), {clients.cpu_model()}, {platform.machine()}",
+        f"python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
+        f"{ssl.OPENSSL_VERSION}, nginx {nginx_version()}",
+        f"{clients.tool_version(['curl', '--version'])}",
+    ]
+
+
+def table(s: Settings, f: Figures) -> list[str]:
+    def val(name: str, fmt: str = "{:,.0f}", scale: float = 1.0) -> str:
+        v = f.get(name)
+        return "n/a" if v is None else fmt.format(v / scale)
+
+    c = s.concurrency
+    rows = [
+        (
+            "warm",
+            f"agent, embedded SQLite queue ({s.warm:,} jobs)",
+            "jobs/s",
+            val("warm.agent.sqlite"),
+        ),
+        ("warm", "agent, PostgreSQL queue", "jobs/s", val("warm.agent.postgres")),
+        ("warm", f"bare aiohttp loop, {c} at once", "jobs/s", val("warm.aiohttp")),
+        (
+            "warm",
+            f"requests pool, {c} threads ({s.requests_jobs:,} jobs)",
+            "jobs/s",
+            val("warm.requests"),
+        ),
+        ("paced", "rate = half the agent's warm peak", "jobs/s", val("paced.rate")),
+        (
+            "paced",
+            "agent queue→result p50 / p99",
+            "ms",
+            f"{val('paced.agent.p50', '{:.1f}')} / {val('paced.agent.p99', '{:.1f}')}",
+        ),
+        (
+            "paced",
+            "bare aiohttp due→answer p50 / p99",
+            "ms",
+            f"{val('paced.aiohttp.p50', '{:.1f}')} / {val('paced.aiohttp.p99', '{:.1f}')}",
+        ),
+        ("cold", f"agent ({s.cold:,} jobs, new handshake each)", "jobs/s", val("cold.agent")),
+        ("cold", "bare aiohttp, force_close", "jobs/s", val("cold.aiohttp")),
+        ("cold", f"curl process per job ({s.curl_jobs:,})", "jobs/s", val("cold.curl")),
+        ("cold", "openssl s_time -new (one at a time)", "conn/s", val("cold.s_time")),
+    ]
+    for k in s.scale_profiles:
+        rows.append(("scale", f"{k:,} profile(s): jobs/s", "jobs/s", val(f"scale.{k}")))
+        rows.append(
+            ("scale", f"{k:,} profile(s): daemon peak RSS", "MiB", val(f"rss.{k}", "{:.1f}", MIB))
+        )
+    for k in (s.scale_profiles[0], s.scale_profiles[-1]):
+        rows.append(
+            (
+                "start",
+                f"spawn → first claim, {k:,} profile(s)",
+                "ms",
+                val(f"startup.{k}", "{:.0f}", 0.001),
+            )
+        )
+    width = max(len(r[1]) for r in rows)
+    out = [f"{'scenario':<8} {'what':<{width}} {'value':>14} unit", "-" * (width + 32)]
+    out += [f"{a:<8} {b:<{width}} {d:>14} {u}" for a, b, u, d in rows]
+    return out
+
+
+def targets(s: Settings, f: Figures) -> list[str]:
+    def ratio(a: str, b: str) -> float | None:
+        x, y = f.get(a), f.get(b)
+        return None if x is None or not y else x / y
+
+    lines = []
+
+    def check(label: str, value: float | None, ok: Callable[[float], bool], fmt: str) -> None:
+        verdict = "n/a " if value is None else ("PASS" if ok(value) else "MISS")
+        shown = "n/a" if value is None else fmt.format(value)
+        lines.append(f"{verdict}  {label}: {shown}")
+
+    check(
+        "warm agent(SQLite) / bare aiohttp >= 0.8",
+        ratio("warm.agent.sqlite", "warm.aiohttp"),
+        lambda v: v >= 0.8,
+        "{:.2f}",
+    )
+    check(
+        "warm agent(SQLite) / requests pool >= 5",
+        ratio("warm.agent.sqlite", "warm.requests"),
+        lambda v: v >= 5,
+        "{:.2f}",
+    )
+    if f.get("warm.agent.postgres") is not None:
+        check(
+            "warm agent(PostgreSQL) / bare aiohttp (info, >= 0.8)",
+            ratio("warm.agent.postgres", "warm.aiohttp"),
+            lambda v: v >= 0.8,
+            "{:.2f}",
+        )
+    check(
+        "cold agent / bare aiohttp fresh connections >= 0.9",
+        ratio("cold.agent", "cold.aiohttp"),
+        lambda v: v >= 0.9,
+        "{:.2f}",
+    )
+    a99, b99 = f.get("paced.agent.p99"), f.get("paced.aiohttp.p99")
+    added = None if a99 is None or b99 is None else a99 - b99
+    check("p99 added over the bare loop at half peak < 5 ms", added, lambda v: v < 5, "{:.1f} ms")
+    big = s.scale_profiles[-1]
+    rss = f.get(f"rss.{big}")
+    check(
+        f"peak RSS with {big:,} profiles < 150 MiB",
+        None if rss is None else rss / MIB,
+        lambda v: v < 150,
+        "{:.1f} MiB",
+    )
+    r1, r2, r3 = (f.get(f"rss.{k}") for k in s.scale_profiles)
+    k1, k2, k3 = s.scale_profiles
+    if None not in (r1, r2, r3):
+        assert r1 is not None and r2 is not None and r3 is not None
+        low, high = (r2 - r1) / (k2 - k1), (r3 - r2) / (k3 - k2)
+        check(
+            f"sub-linear: KiB per profile {k2}→{k3} <= {k1}→{k2} ({low / 1024:.1f})",
+            high / 1024,
+            lambda v: v <= max(low / 1024, 0.0) * 1.05,
+            "{:.1f}",
+        )
+    return lines
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+async def main_async(s: Settings, work: Path, pg: bool) -> Figures:
+    pki = BenchPKI.create(work / "pki")
+    with BenchNginx(work / "nginx", pki) as nginx:
+        bench = Bench(s, work, pki, nginx)
+        if pg:
+            why_not = await postgres_available(PG_URL)
+            if why_not is None:
+                bench.pg_url = PG_URL
+            else:
+                print(f"PostgreSQL queue skipped: {why_not}", file=sys.stderr)
+        for i in range(s.runs):
+            await bench.round(i)
+        return bench.fig
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one run, small counts (a smoke test)")
+    p.add_argument("--runs", type=int, help="runs per figure (median); default 3, quick 1")
+    p.add_argument("--concurrency", type=int, help="threads.max and the baselines' concurrency")
+    p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL queue")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--profile", metavar="DIR", help="profile the daemon (warm) instead")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = QUICK if args.quick else Settings()
+    if args.runs:
+        s = Settings(**{**s.__dict__, "runs": args.runs})
+    if args.concurrency:
+        s = Settings(**{**s.__dict__, "concurrency": args.concurrency})
+    work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
+    try:
+        if args.profile:
+            from .profiling import profile_warm
+
+            return asyncio.run(profile_warm(s, work, Path(args.profile)))
+        started = time.monotonic()
+        figures = asyncio.run(main_async(s, work, pg=not args.no_postgres))
+        lines = [
+            f"python -m bench.run{' --quick' if args.quick else ''}: medians of {s.runs} run(s), "
+            f"concurrency {s.concurrency}, {time.monotonic() - started:.0f} s",
+            *environment(),
+            "",
+            *table(s, figures),
+            "",
+            *targets(s, figures),
+        ]
+        print("\n".join(lines))
+        return 0
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
