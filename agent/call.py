@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from cryptography import x509
 
+from .allowlist import allow_list
 from .classify import Attempt, classify
 from .config import AgentConfig, ProfileConfig
 from .credentials import Credentials, Identity
@@ -102,7 +103,7 @@ class Caller:
             async with asyncio.timeout(job.timeout):
                 result = await self._send(job, prepared)
         except AgentError as exc:
-            tls = prepared.tls if prepared is not None else None
+            tls = prepared.tls if prepared is not None else TLSInfo()  # e.g. denied by name
             result = Result.failed(job.id, exc.kind, exc.message, tls=tls)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a result
             if prepared is None:
@@ -114,7 +115,16 @@ class Caller:
         elapsed = round((time.perf_counter() - start) * 1000, 3)
         return replace(result, elapsed_ms=elapsed)
 
+    def check_destination(self, job: Job) -> None:
+        """``agent.outbound.allow``: deny by name before anything else happens for the job; the
+        transport's resolver checks the addresses (not through a proxy: the proxy resolves)."""
+        allow = allow_list(tuple(self.config.outbound_allow))
+        proxied = self.config.proxy is not None
+        allow.check_name(urlsplit(job.endpoint).hostname or "", proxied=proxied)
+        self.transport.set_allow(None if proxied or allow.empty else allow)
+
     async def prepare(self, job: Job) -> Prepared:
+        self.check_destination(job)
         identity = await self.credentials.for_job(job)
         url, host, port = _target(job, identity)
         choice = choose_sni(

@@ -7,6 +7,7 @@ value's type and names the parameter and line of anything wrong. Reading key mat
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -247,6 +248,20 @@ def _list(v: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in v.split(",") if p.strip())
 
 
+def _allow(v: str) -> tuple[str, ...]:
+    """``agent.outbound.allow``: host globs and networks; a malformed network is refused here."""
+    entries = _list(v)
+    for entry in entries:
+        if "/" in entry:
+            try:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is neither a host name pattern nor a network such as 10.0.0.0/8"
+                ) from None
+    return entries
+
+
 def _text(v: str) -> str:
     return v
 
@@ -269,7 +284,7 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "glide.outbound.tls_sni.enabled": ("sni_enabled", _bool),
     "mid.cert.expiry.warn_days": ("cert_warn_days", _int(0, 3650)),
     "agent.resolve": ("resolve", _resolve),
-    "agent.outbound.allow": ("outbound_allow", _list),
+    "agent.outbound.allow": ("outbound_allow", _allow),
     "agent.lease.seconds": ("lease_seconds", _float(1, 86400)),
     "agent.drain.seconds": ("drain_seconds", _float(0, 86400)),
     "agent.health.listen": ("health_listen", _host_port),
@@ -315,12 +330,18 @@ def known_parameter(name: str) -> bool:
 
 
 def apply_env(params: dict[str, Parameter], env: Mapping[str, str]) -> dict[str, Parameter]:
-    """``MID_CONFIG_<name>`` overrides parameter ``<name>`` (the name as written)."""
+    """``MID_CONFIG_<name>`` overrides parameter ``<name>`` (the name as written).
+
+    Where dots cannot appear in a variable name (systemd's ``Environment=``, some shells), a
+    double underscore stands for a dot: ``MID_CONFIG_agent__health__listen``.
+    """
     out = dict(params)
-    for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
-            name = key[len(ENV_PREFIX) :]
-            out[name] = Parameter(name, value.strip(), None)
+    names = [k[len(ENV_PREFIX) :] for k in env if k.startswith(ENV_PREFIX) and k != ENV_PREFIX]
+    # the dotted spelling, when both are set, wins: it is applied last
+    for name in sorted(names, key=lambda n: "." in n):
+        value = env[ENV_PREFIX + name].strip()
+        param = name if "." in name else name.replace("__", ".")
+        out[param] = Parameter(param, value, None)
     return out
 
 

@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .allowlist import allow_list
 from .call import Caller
 from .config import AgentConfig, ProfileConfig, load_config
 from .credentials import Credentials
-from .errors import AgentError, ConfigError, VaultError
+from .errors import AgentError, ConfigError, QueueError, VaultError
+from .health import HealthServer, Readiness, serves_health
+from .jobs import Result
 from .journal import Journal
 from .keystores.inspect import ProfileReport
 from .keystores.sources import ProfileMaterial
+from .metrics import Metrics, default_metrics
+from .notify import Notifier
 from .queues import open_queue
-from .queues.base import Queue
+from .queues.base import Claim, Queue
 from .transport import Transport
 from .validate import collect_reports
 from .worker import Worker
@@ -112,6 +118,7 @@ class Daemon:
         *,
         burst: bool = False,
         loader: Callable[[Path], AgentConfig] = load_config,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -122,13 +129,21 @@ class Daemon:
         self.worker: Worker | None = None
         self.on_report: list[Callable[[ProfileReport], None]] = []
         self._check_now = asyncio.Event()
+        self._wire_operations(metrics)
 
     async def run(self) -> int:
+        allow_list(tuple(self.config.outbound_allow))  # a malformed entry stops the start
         self.queue = open_queue(self.config)
         await self.queue.open()
         journal = Journal(self.config.base_dir / self.config.journal_path)
         self.worker = Worker(
-            self.config, self.queue, self.engine.caller, burst=self.burst, journal=journal
+            self.config,
+            self.queue,
+            self.engine.caller,
+            burst=self.burst,
+            journal=journal,
+            on_result=self._job_done,
+            on_claim=self._claimed,
         )
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
@@ -141,14 +156,17 @@ class Daemon:
         )
         watch = asyncio.create_task(self._watch_certificates(), name="certificate-watch")
         try:
+            await self._start_operations()
             stats = await self.worker.serve()
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
-            self._remove_signals(loop)
+            await self._stop_operations()
             await self.engine.close()
             await self.queue.close()
             journal.close()
+            # last: a signal arriving while closing must not kill the process half-way
+            self._remove_signals(loop)
         log.info(
             "agent stopped: %d processed, %d error(s), %d returned to the queue",
             stats.processed,
@@ -161,6 +179,7 @@ class Daemon:
         """At start, after each reload and daily: log what ``agent validate`` would report."""
         while True:
             await self.check_certificates()
+            self.readiness.certificates_checked = True
             self._check_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), CERT_CHECK_INTERVAL)
@@ -177,10 +196,78 @@ class Daemon:
                 callback(report)
         return reports
 
+    # ------------------------------------------------------------ operations (issue 7)
+
+    def _wire_operations(self, metrics: Metrics | None) -> None:
+        """Metrics, readiness, health server and service-manager notifications."""
+        self.metrics = metrics or default_metrics()
+        self.notifier = Notifier()
+        self.readiness = Readiness(_stale_after(self.config), busy=self._busy)
+        self.readiness.checks["vault"] = self._vault_ready
+        self.health: HealthServer | None = None
+        self._operations: list[asyncio.Task[None]] = []
+        self.on_report.append(self._observe_report)
+        self.engine.transport.on_connection.append(self.metrics.connection)
+        self.engine.on_vault_error.append(self.metrics.vault_error)
+
+    async def _start_operations(self) -> None:
+        listen = self.config.health_listen
+        if listen is not None and serves_health(os.environ.get("AGENT_WORKER_INDEX")):
+            self.health = HealthServer(listen, self.readiness, self.metrics, self._refresh)
+            await self.health.start()
+        self._operations = [
+            asyncio.create_task(self._announce_ready(), name="notify-ready"),
+            asyncio.create_task(self.notifier.watchdog(), name="notify-watchdog"),
+        ]
+
+    async def _stop_operations(self) -> None:
+        for task in self._operations:
+            task.cancel()
+        await asyncio.gather(*self._operations, return_exceptions=True)
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+
+    async def _announce_ready(self) -> None:
+        assert self.worker is not None
+        await self.worker.ready.wait()
+        self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        return f"polling {_redact_url(self.config.url)} with {self.config.threads_max} thread(s)"
+
+    def _busy(self) -> bool:
+        return self.worker is not None and self.worker.in_flight >= self.config.threads_max
+
+    async def _vault_ready(self) -> str | None:
+        if self.engine.uses_vault:
+            await self.engine.check_vault()  # VaultError: its message is the reason
+        return None
+
+    async def _refresh(self) -> None:
+        if self.queue is not None:
+            self.metrics.set_depth(await self.queue.depth())
+
+    def _job_done(self, claim: Claim, result: Result, seconds: float) -> None:
+        self.metrics.job_done(claim.job.topic, result, seconds)
+
+    def _claimed(self, seconds: float, error: QueueError | None) -> None:
+        self.metrics.claimed(seconds, error is not None)
+        self.readiness.claimed(error)
+
+    def _observe_report(self, report: ProfileReport) -> None:
+        self.metrics.certificate(report.name, report.not_after)
+        self.readiness.certificate(report)
+
+    def _stop_signal(self) -> None:
+        assert self.worker is not None
+        self.notifier.stopping()
+        self.worker.request_stop()
+
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.worker is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.worker.request_stop)
+            loop.add_signal_handler(sig, self._stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -191,8 +278,16 @@ class Daemon:
         """SIGHUP: re-read config.xml; a broken one is reported and the old one stays."""
         if self.config_path is None:
             return
+        self.notifier.reloading()
         try:
-            new = self.loader(self.config_path)
+            self._reload(self.config_path)
+        finally:
+            self.notifier.ready(self._status())
+
+    def _reload(self, config_path: Path) -> None:
+        try:
+            new = self.loader(config_path)
+            allow_list(tuple(new.outbound_allow))
         except AgentError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
@@ -207,8 +302,17 @@ class Daemon:
             self.worker.config = new
             self.worker.wake()
         logging.getLogger().setLevel(level_of(new.log_level))
+        self.readiness.stale_after = _stale_after(new)
+        self.readiness.keep_profiles(set(new.profiles))
+        for name in set(self.metrics.cert_days_profiles()) - set(new.profiles):
+            self.metrics.forget_profile(name)
         self._check_now.set()
         log.info("configuration reloaded: %d profile(s)", len(new.profiles))
+
+
+def _stale_after(config: AgentConfig) -> float:
+    """Readiness: how long without a successful claim (while idle) means the queue is gone."""
+    return max(3 * config.poll_time, 30.0)
 
 
 def _with_url(config: AgentConfig, url: str) -> AgentConfig:
@@ -218,13 +322,9 @@ def _with_url(config: AgentConfig, url: str) -> AgentConfig:
 
 
 def _redact_url(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
+    from .queues.base import redact_url
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return redact_url(url)
 
 
 def level_of(name: str) -> int:

@@ -35,7 +35,16 @@ def _load_key(path: Path, create: bool) -> Fernet | None:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"key file {path} is unusable ({exc.__class__.__name__})") from None
     key = Fernet.generate_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:  # read-only directory (container, ProtectSystem=strict)
+        log.warning(
+            "cannot create %s (%s): secure parameters stay in clear text on disk and are used "
+            "only in memory",
+            path,
+            exc.strerror,
+        )
+        return None
     with os.fdopen(fd, "wb") as fh:
         fh.write(key + b"\n")
     return Fernet(key)

@@ -15,6 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .notify import Notifier
+
 log = logging.getLogger("agent.supervisor")
 
 RESTART_BACKOFF_CAP = 30.0
@@ -28,6 +30,8 @@ class Supervisor:
         self.burst = burst
         self.stopping = False
         self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self.notifier = Notifier()  # the supervisor, not its workers, speaks to systemd
+        self._announced = False
 
     def _command(self) -> list[str]:
         cmd = [sys.executable, "-m", "agent", "-c", str(self.config_path), "run"]
@@ -44,6 +48,9 @@ class Supervisor:
         proc = await asyncio.create_subprocess_exec(*self._command(), env=self._env(index))
         self._procs[index] = proc
         log.info("worker %d started (pid %d)", index, proc.pid)
+        if not self._announced and len(self._procs) == self.workers:
+            self._announced = True
+            self.notifier.ready(f"supervising {self.workers} worker processes")
         return proc
 
     async def _keep(self, index: int) -> int:
@@ -62,18 +69,26 @@ class Supervisor:
     def _forward(self, sig: signal.Signals) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
+            self.notifier.stopping()
+        elif sig == signal.SIGHUP:
+            self.notifier.reloading()
         for proc in self._procs.values():
             if proc.returncode is None:
                 proc.send_signal(sig)
+        if sig == signal.SIGHUP:  # each worker reloads on its own and logs the outcome
+            self.notifier.ready(f"supervising {self.workers} worker processes")
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in FORWARDED:
             loop.add_signal_handler(sig, self._forward, sig)
         log.info("supervising %d worker processes", self.workers)
+        watchdog = asyncio.create_task(self.notifier.watchdog(), name="notify-watchdog")
         try:
             codes = await asyncio.gather(*(self._keep(i) for i in range(self.workers)))
         finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
             for sig in FORWARDED:
                 loop.remove_signal_handler(sig)
         bad = [c for c in codes if c != 0]

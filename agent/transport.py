@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+
+from .allowlist import AllowList
 
 log = logging.getLogger("agent.transport")
 
@@ -51,6 +53,33 @@ class StaticResolver(AbstractResolver):
         await self._fallback.close()
 
 
+class AllowingResolver(AbstractResolver):
+    """``agent.outbound.allow`` step 2: only addresses inside its networks are connected to.
+
+    Wraps the resolver of every connection, so the check applies to the address actually used
+    (``agent.resolve`` entries too). ``allow()`` is read on every lookup: a reload takes effect
+    without new sessions. Raises ``DestinationDenied`` (not an ``OSError``: aiohttp lets it
+    through unchanged, and no connection is attempted).
+    """
+
+    def __init__(self, inner: AbstractResolver, allow: Callable[[], AllowList | None]) -> None:
+        self.inner = inner
+        self.allow = allow
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self.inner.resolve(host, port, family)
+        allow = self.allow()
+        if allow is None or not allow.networks:
+            return results
+        kept = set(allow.check_addresses(host, [r["host"] for r in results]))
+        return [r for r in results if r["host"] in kept]
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 class _Entry:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
@@ -67,11 +96,40 @@ class Transport:
         self._closing: set[asyncio.Task[None]] = set()
         self.connections_opened = 0
         self.connections_reused = 0
+        self.allow: AllowList | None = None  # None: no address check (none set, or a proxy)
+        self.on_connection: list[Callable[[bool], None]] = []  # called with new=True/False
+
+    def set_allow(self, allow: AllowList | None) -> None:
+        """The allow-list whose networks bound the addresses connected to (None: no check)."""
+        self.allow = allow
+
+    def _trace(self) -> aiohttp.TraceConfig:
+        """Count new connections (each one a TLS handshake) and reused ones."""
+        trace = aiohttp.TraceConfig()
+
+        async def created(*_: object) -> None:
+            self.connections_opened += 1
+            self._connection_event(True)
+
+        async def reused(*_: object) -> None:
+            self.connections_reused += 1
+            self._connection_event(False)
+
+        trace.on_connection_create_end.append(created)
+        trace.on_connection_reuseconn.append(reused)
+        return trace
+
+    def _connection_event(self, new: bool) -> None:
+        for listener in self.on_connection:
+            try:
+                listener(new)
+            except Exception:  # noqa: BLE001 - a metrics listener must not fail a call
+                log.exception("connection listener failed")
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=0,
-            resolver=StaticResolver(self.resolve),
+            resolver=AllowingResolver(StaticResolver(self.resolve), lambda: self.allow),
             ttl_dns_cache=10,
             enable_cleanup_closed=False,
             keepalive_timeout=30,
@@ -82,6 +140,7 @@ class Transport:
             trust_env=False,
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "mtls-forwarding-agent"},
+            trace_configs=[self._trace()],
         )
 
     @asynccontextmanager

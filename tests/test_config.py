@@ -124,6 +124,26 @@ def test_environment_overrides_by_name_as_written() -> None:
     assert cfg.threads_max == 3 and cfg.profiles["q"].sni is False
 
 
+def test_environment_overrides_without_dots_for_systemd() -> None:
+    env = {"MID_CONFIG_threads__max": "4", "MID_CONFIG_agent__health__listen": "127.0.0.1:9464"}
+    cfg = AgentConfig.from_xml(b"<parameters/>", env=env)
+    assert cfg.threads_max == 4 and cfg.health_listen == ("127.0.0.1", 9464)
+    both = {"MID_CONFIG_threads.max": "6", "MID_CONFIG_threads__max": "4"}
+    assert AgentConfig.from_xml(b"<parameters/>", env=both).threads_max == 6
+
+
+def test_malformed_allow_list_network_names_the_parameter() -> None:
+    xml = (
+        b"<parameters>\n"
+        b'<parameter name="agent.outbound.allow" value="*.a.test,10.0.0/99"/>\n'
+        b"</parameters>"
+    )
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_xml(xml)
+    assert "agent.outbound.allow" in info.value.message and "line 2" in info.value.message
+    assert "10.0.0/99" in info.value.message
+
+
 def test_bad_environment_override_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"MID_CONFIG_threads\.max"):
         AgentConfig.from_xml(b"<parameters/>", env={"MID_CONFIG_threads.max": "many"})

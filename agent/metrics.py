@@ -1,0 +1,132 @@
+"""Prometheus metrics for ``/metrics``, in a registry of the agent's own.
+
+A private ``CollectorRegistry`` (not prometheus_client's global one) keeps the exposition to what
+the agent defines and lets tests build fresh instances. One process serves one ``Metrics``:
+``default_metrics()``; code that has no handle on the daemon (the vault wiring) calls the module
+functions such as ``count_vault_error()``.
+
+Under ``agent.workers`` > 1 each worker process counts its own jobs and only worker 0 serves
+``/metrics`` (see ``agent/health.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .jobs import Result
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs = Counter(
+            "agent_jobs",
+            "Jobs finished, by topic, outcome (processed | error) and error kind",
+            ["topic", "outcome", "error_kind"],
+            registry=r,
+        )
+        self.call_seconds = Histogram(
+            "agent_call_duration_seconds",
+            "Time from claim to result of a job, retries included",
+            ["topic"],
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "agent_tls_handshakes", "New connections opened (each one a TLS handshake)", registry=r
+        )
+        self.reused = Counter(
+            "agent_connections_reused", "Requests sent on a kept-alive connection", registry=r
+        )
+        self.claim_seconds = Histogram(
+            "agent_queue_claim_seconds",
+            "Time one claim took at the queue",
+            buckets=CLAIM_BUCKETS,
+            registry=r,
+        )
+        self.claim_failures = Counter(
+            "agent_queue_claim_failures", "Claims the queue did not answer", registry=r
+        )
+        self.queue_depth = Gauge(
+            "agent_queue_depth",
+            "Jobs waiting in the queue (where the backend can tell)",
+            registry=r,
+        )
+        self.cert_days = Gauge(
+            "agent_client_certificate_days_left",
+            "Days until the profile's client certificate expires (negative: expired)",
+            ["profile"],
+            registry=r,
+        )
+        self.vault_errors = Counter(
+            "agent_vault_errors", "Vault requests that failed", registry=r
+        )
+
+    def job_done(self, topic: str, result: Result, seconds: float) -> None:
+        kind = result.error.kind if result.error else ""
+        self.jobs.labels(topic, result.state, kind).inc()
+        self.call_seconds.labels(topic).observe(seconds)
+
+    def connection(self, new: bool) -> None:
+        (self.handshakes if new else self.reused).inc()
+
+    def claimed(self, seconds: float, failed: bool) -> None:
+        if failed:
+            self.claim_failures.inc()
+        else:
+            self.claim_seconds.observe(seconds)
+
+    def set_depth(self, depth: int | None) -> None:
+        if depth is not None:
+            self.queue_depth.set(depth)
+
+    def certificate(self, profile: str, not_after: dt.datetime | None) -> None:
+        """Record the profile's expiry; a profile without a client certificate is left out."""
+        if not_after is None:
+            self.forget_profile(profile)
+            return
+        left = (not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+        self.cert_days.labels(profile).set(round(left, 3))
+
+    def cert_days_profiles(self) -> list[str]:
+        """Profiles with an expiry gauge (to forget those a reload removed)."""
+        return [
+            sample.labels["profile"]
+            for family in self.cert_days.collect()
+            for sample in family.samples
+        ]
+
+    def forget_profile(self, profile: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.cert_days.remove(profile)
+
+    def vault_error(self) -> None:
+        self.vault_errors.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_default: Metrics | None = None
+
+
+def default_metrics() -> Metrics:
+    """The process's metrics (made on first use)."""
+    global _default
+    if _default is None:
+        _default = Metrics()
+    return _default
+
+
+def count_vault_error() -> None:
+    """For the vault wiring: one vault request failed."""
+    default_metrics().vault_error()
