@@ -188,7 +188,9 @@ class Caller:
                 **kwargs,
             ) as resp,
         ):
-            tls = _tls_details(resp, p.tls)
+            protocol = _protocol_of(resp)
+            self.transport.observe(protocol)
+            tls = _tls_details(protocol, p.tls)
             data = await _read_bounded(resp, self.config.max_response_bytes, p)
             headers = {k: v for k, v in resp.headers.items()}
             fault = _soap_fault(job, data, p.host) if job.topic == "SOAPProbe" else None
@@ -259,11 +261,14 @@ def _subject(der: bytes | None) -> str | None:
     return x509.load_der_x509_certificate(der).subject.rfc4514_string()
 
 
-def _tls_details(resp: aiohttp.ClientResponse, base: TLSInfo) -> TLSInfo:
-    # A short answer may already be read and its connection back in the pool: the protocol
-    # (kept by the response) still holds the TLS transport.
+def _protocol_of(resp: aiohttp.ClientResponse) -> object | None:
+    """The connection's protocol object. A short answer may already be read and its connection
+    back in the pool: the protocol (kept by the response) still holds the TLS transport."""
     conn = resp.connection
-    protocol = conn.protocol if conn is not None else getattr(resp, "_protocol", None)
+    return conn.protocol if conn is not None else getattr(resp, "_protocol", None)
+
+
+def _tls_details(protocol: object | None, base: TLSInfo) -> TLSInfo:
     transport = getattr(protocol, "transport", None)
     obj = transport.get_extra_info("ssl_object") if transport is not None else None
     if not isinstance(obj, ssl.SSLObject):

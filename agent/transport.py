@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -98,26 +99,28 @@ class Transport:
         self.connections_reused = 0
         self.allow: AllowList | None = None  # None: no address check (none set, or a proxy)
         self.on_connection: list[Callable[[bool], None]] = []  # called with new=True/False
+        self._seen: weakref.WeakSet[object] = weakref.WeakSet()
 
     def set_allow(self, allow: AllowList | None) -> None:
         """The allow-list whose networks bound the addresses connected to (None: no check)."""
         self.allow = allow
 
-    def _trace(self) -> aiohttp.TraceConfig:
-        """Count new connections (each one a TLS handshake) and reused ones."""
-        trace = aiohttp.TraceConfig()
+    def observe(self, protocol: object | None) -> None:
+        """Count the connection a request went out on: new (a TLS handshake) or reused.
 
-        async def created(*_: object) -> None:
+        Connections are told apart by their protocol object, remembered weakly. This costs a
+        set lookup per request; aiohttp's tracing hooks did the same at about a tenth of the
+        client's throughput.
+        """
+        if protocol is None:
+            return
+        new = protocol not in self._seen
+        if new:
+            self._seen.add(protocol)
             self.connections_opened += 1
-            self._connection_event(True)
-
-        async def reused(*_: object) -> None:
+        else:
             self.connections_reused += 1
-            self._connection_event(False)
-
-        trace.on_connection_create_end.append(created)
-        trace.on_connection_reuseconn.append(reused)
-        return trace
+        self._connection_event(new)
 
     def _connection_event(self, new: bool) -> None:
         for listener in self.on_connection:
@@ -140,7 +143,6 @@ class Transport:
             trust_env=False,
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "mtls-forwarding-agent"},
-            trace_configs=[self._trace()],
         )
 
     @asynccontextmanager
