@@ -134,6 +134,9 @@ class Credentials:
         return self._default
 
     async def for_profile(self, profile: ProfileConfig) -> Identity:
+        cached = self._profiles.get(profile.name)
+        if cached is not None and time.monotonic() - cached.checked < STAT_INTERVAL:
+            return cached.identity  # the common case: no lock, no file check due
         lock = self._locks.setdefault(profile.name, asyncio.Lock())
         async with lock:
             cached = self._profiles.get(profile.name)
@@ -163,11 +166,13 @@ class Credentials:
                 callback(old.identity.key)
 
     async def _changed(self, profile: ProfileConfig, cached: _Cached) -> bool:
-        files = _files_of(profile)
         now = time.monotonic()
-        if not files or now - cached.checked < STAT_INTERVAL:
+        if now - cached.checked < STAT_INTERVAL:
             return False
         cached.checked = now
+        files = _files_of(profile)
+        if not files:
+            return False
         return await asyncio.to_thread(_mtimes, files) != cached.mtimes
 
     async def _load_profile(self, profile: ProfileConfig) -> Identity:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from .allowlist import AllowList
 
 log = logging.getLogger("agent.transport")
+
+# Identities (profiles, inline records) with a session and kept-alive connections at once. Each
+# costs some 60 KiB (OpenSSL and buffers); beyond this many in rotation, the least recently used
+# idle ones are closed and reconnect when next used.
+MAX_SESSIONS = 256
 
 
 class StaticResolver(AbstractResolver):
@@ -93,7 +99,8 @@ class Transport:
 
     def __init__(self, resolve: Mapping[str, str] | None = None) -> None:
         self.resolve = dict(resolve or {})
-        self._entries: dict[str, _Entry] = {}
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
+        self.max_sessions = MAX_SESSIONS
         self._closing: set[asyncio.Task[None]] = set()
         self.connections_opened = 0
         self.connections_reused = 0
@@ -151,6 +158,10 @@ class Transport:
         if entry is None or entry.retired:
             entry = _Entry(self._new_session())
             self._entries[key] = entry
+            if len(self._entries) > self.max_sessions:
+                self._evict_idle()
+        else:
+            self._entries.move_to_end(key)
         entry.in_flight += 1
         try:
             yield entry.session
@@ -158,6 +169,18 @@ class Transport:
             entry.in_flight -= 1
             if entry.retired and entry.in_flight == 0:
                 self._close_later(entry)
+
+    @property
+    def identities(self) -> list[str]:
+        """Keys with a session, least recently used first."""
+        return list(self._entries)
+
+    def _evict_idle(self) -> None:
+        """Over ``max_sessions``: close the least recently used idle sessions (and their kept-
+        alive connections), so memory stays bounded however many identities are in use."""
+        excess = len(self._entries) - self.max_sessions
+        for key in [k for k, e in self._entries.items() if e.in_flight == 0][:excess]:
+            self.retire(key)
 
     def retire(self, key: str) -> None:
         """Never hand out ``key``'s session again; close it once its requests finish."""
