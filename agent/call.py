@@ -60,9 +60,14 @@ class Prepared:
 
 def _target(job: Job, identity: Identity) -> tuple[str, str, int]:
     """The https URL, host and port for a job (``<profile>://`` becomes https)."""
-    parts = urlsplit(job.endpoint)
+    return _target_of(job.endpoint, identity.port)
+
+
+@functools.lru_cache(maxsize=4096)  # jobs repeat endpoints; parsing them showed in profiles
+def _target_of(endpoint: str, profile_port: int) -> tuple[str, str, int]:
+    parts = urlsplit(endpoint)
     host = parts.hostname or ""
-    default_port = 443 if parts.scheme.lower() == "https" else identity.port
+    default_port = 443 if parts.scheme.lower() == "https" else profile_port
     port = parts.port or default_port
     netloc = parts.netloc.rpartition("@")[2]
     if parts.port is None and port != 443:
@@ -118,6 +123,9 @@ class Caller:
     def check_destination(self, job: Job) -> None:
         """``agent.outbound.allow``: deny by name before anything else happens for the job; the
         transport's resolver checks the addresses (not through a proxy: the proxy resolves)."""
+        if not self.config.outbound_allow:
+            self.transport.set_allow(None)
+            return
         allow = allow_list(tuple(self.config.outbound_allow))
         proxied = self.config.proxy is not None
         allow.check_name(urlsplit(job.endpoint).hostname or "", proxied=proxied)

@@ -13,6 +13,7 @@ new one). SNI has three modes:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import ssl
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .keystores.memory import load_client_material, trust_pem
 SNI = bool | str | None
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every job, of the same few hosts
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))

@@ -64,6 +64,7 @@ class SqliteQueue(Queue):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._durable = True
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
 
     def __repr__(self) -> str:
@@ -102,8 +103,15 @@ class SqliteQueue(Queue):
             raise QueueError(f"queue {self.path} is not open")
         return self._db
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        """One short write transaction. ``durable`` ones (new jobs, results) are on disk when it
+        returns (fsync); the others (claims, lease renewals, releases) are visible to every
+        process at once but may be lost to a power cut, which costs nothing: the job simply
+        runs again, as it would if the agent had died at that moment."""
         db = self.db
+        if durable != self._durable:
+            db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         db.execute("BEGIN IMMEDIATE")
         try:
             out = fn(db)
@@ -182,7 +190,7 @@ class SqliteQueue(Queue):
                 (agent, now + lease_seconds, now, *seqs),
             ).fetchall()
 
-        rows = await self._run(self._transaction, take)
+        rows = await self._run(self._transaction, take, False)
         return [Claim(Job.from_dict(json.loads(body)), token, att) for _, body, token, att in rows]
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
@@ -199,7 +207,7 @@ class SqliteQueue(Queue):
                     lost.append(c)
             return lost
 
-        return await self._run(self._transaction, extend) if claims else []
+        return await self._run(self._transaction, extend, False) if claims else []
 
     async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
         def store(db: sqlite3.Connection) -> list[Claim]:
@@ -226,7 +234,7 @@ class SqliteQueue(Queue):
             )
 
         if claims:
-            await self._run(self._transaction, give_back)
+            await self._run(self._transaction, give_back, False)
 
     async def status(self, job_id: str) -> JobStatus | None:
         def read() -> tuple[str, str | None] | None:
