@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from cryptography import x509
 
-from .allowlist import allow_list
+from .allowlist import AllowList, allow_list
 from .classify import Attempt, classify
 from .config import AgentConfig, ProfileConfig
 from .credentials import Credentials, Identity
@@ -121,15 +121,12 @@ class Caller:
         return replace(result, elapsed_ms=elapsed)
 
     def check_destination(self, job: Job) -> None:
-        """``agent.outbound.allow``: deny by name before anything else happens for the job; the
-        transport's resolver checks the addresses (not through a proxy: the proxy resolves)."""
-        if not self.config.outbound_allow:
-            self.transport.set_allow(None)
-            return
-        allow = allow_list(tuple(self.config.outbound_allow))
-        proxied = self.config.proxy is not None
-        allow.check_name(urlsplit(job.endpoint).hostname or "", proxied=proxied)
-        self.transport.set_allow(None if proxied or allow.empty else allow)
+        """``agent.outbound.allow``, by name, before anything else happens for the job. The
+        transport's resolver checks the addresses (see ``address_allow_list``)."""
+        if self.config.outbound_allow:
+            allow = allow_list(tuple(self.config.outbound_allow))
+            host = urlsplit(job.endpoint).hostname or ""
+            allow.check_name(host, proxied=self.config.proxy is not None)
 
     async def prepare(self, job: Job) -> Prepared:
         self.check_destination(job)
@@ -267,6 +264,15 @@ def _subject(der: bytes | None) -> str | None:
     if not der:
         return None
     return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def address_allow_list(config: AgentConfig) -> AllowList | None:
+    """The list whose networks bound the addresses connected to; None when there is nothing to
+    check or a proxy resolves the names (then only the name check applies)."""
+    if not config.outbound_allow or config.proxy is not None:
+        return None
+    allow = allow_list(tuple(config.outbound_allow))
+    return allow if allow.networks else None
 
 
 def _protocol_of(resp: aiohttp.ClientResponse) -> object | None:

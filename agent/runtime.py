@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .allowlist import allow_list
-from .call import Caller
+from .call import Caller, address_allow_list
 from .config import AgentConfig, ProfileConfig, load_config
 from .credentials import Credentials
 from .errors import AgentError, ConfigError, QueueError, VaultError
@@ -46,6 +46,7 @@ class Engine:
         self.credentials = Credentials(config, vault_loader=self._vault_load)
         self.credentials.on_rotate.append(self.transport.retire)
         self.caller = Caller(config, self.credentials, self.transport)
+        self.transport.set_allow(address_allow_list(config))
         self.vault: Vault | None = None  # opened on the first profile that needs it
         self.on_vault_error: list[Callable[[], None]] = []
         self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
@@ -57,6 +58,7 @@ class Engine:
         self.caller.config = config
         self.credentials.reload(config)
         self.transport.set_resolve(config.resolve)
+        self.transport.set_allow(address_allow_list(config))
         self.transport.retire_all()
         if self.vault is not None and config.vault != old_vault:
             vault, self.vault = self.vault, None  # the next load logs in to the new one
