@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .allowlist import allow_list
 from .call import Caller, address_allow_list
-from .config import AgentConfig, ProfileConfig, load_config
+from .config import AgentConfig, ProfileConfig
 from .credentials import Credentials
 from .errors import AgentError, ConfigError, QueueError, VaultError
 from .health import HealthServer, Readiness, serves_health
@@ -25,6 +25,7 @@ from .metrics import Metrics, default_metrics
 from .notify import Notifier
 from .queues import open_queue
 from .queues.base import Claim, Queue
+from .secure import load_secure_config
 from .transport import Transport
 from .validate import collect_reports
 from .worker import Worker
@@ -119,7 +120,7 @@ class Daemon:
         config_path: Path | None,
         *,
         burst: bool = False,
-        loader: Callable[[Path], AgentConfig] = load_config,
+        loader: Callable[[Path], AgentConfig] = load_secure_config,
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config

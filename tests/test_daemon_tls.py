@@ -9,10 +9,11 @@ import shutil
 import signal
 from pathlib import Path
 
+from agent.demoserver import DemoServer
 from agent.jobs import Job
 from agent.queues.sqlite import SqliteQueue
 from agent.runtime import Engine
-from tests.conftest import arun_agent, write_config
+from tests.conftest import PKI, arun_agent, profile_config, write_config
 from tests.servers import NginxPorts, ServerPKI, Tinyproxy
 from tests.test_daemon import log_line, start_daemon
 from tests.test_tls_interop import P, echo, tls_config, tls_params
@@ -165,3 +166,28 @@ async def test_proxy_refusing_the_credentials_is_reported(
             assert "wrong-pass" not in json.dumps(result.to_dict())
         finally:
             await engine.close()
+
+
+async def test_sighup_keeps_secure_passwords_working(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    """A reload reads config.xml as the start did: encrypted values are decrypted in memory."""
+    config = profile_config(tmp_path, pki, mtls_server.port)  # partner's password: secure="true"
+    daemon = await start_daemon(config)
+    try:
+        await asyncio.wait_for(log_line(daemon, "started"), 30)
+        assert "encrypted:" in config.read_text()
+        daemon.send_signal(signal.SIGHUP)
+        await asyncio.wait_for(log_line(daemon, "configuration reloaded"), 30)
+        job = {
+            "id": "after-reload",
+            "topic": "RESTProbe",
+            "endpoint": f"https://alpha.test:{mtls_server.port}/echo",
+            "protocol_profile": "partner",
+        }
+        await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(job))
+        result = await result_of(config, "after-reload")
+        assert result["state"] == "processed" and result["status"] == 200, result["error"]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0
