@@ -386,3 +386,15 @@ async def test_pki_certificate_is_accepted_and_renewed_into_new_connections(
     assert new.key != old.key and new.material is new_material
     assert new_material.client.leaf.serial_number != old.material.client.leaf.serial_number
     assert [r["client"] for r in mtls_server.requests[-2:]] == ["CN=agent-from-vault"] * 2
+
+
+async def test_an_unreachable_vault_is_not_blamed_on_the_token() -> None:
+    from tests.servers import free_port
+
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with Vault(VaultConfig(address, token="s.never-shown")) as vault:
+        with pytest.raises(VaultError) as caught:
+            await vault.load(kv("partner", "agent/partner"))
+    message = str(caught.value)
+    assert "cannot connect" in message and address in message
+    assert "token is expired" not in message and "s.never-shown" not in message

@@ -395,6 +395,8 @@ class Vault:
     def _why(self, exc: BaseException) -> str:
         """What went wrong, in words a user can act on (no tokens, no secrets)."""
         if isinstance(exc, _AuthFailed):
+            if isinstance(exc.cause, (requests.ConnectionError, requests.Timeout, OSError)):
+                return f"{exc.step} failed: {self._why(exc.cause)}"  # no answer: not the token
             hint = (
                 f"check {VAULT_PREFIX}role_id and {VAULT_PREFIX}secret_id"
                 if self._approle
