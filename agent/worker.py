@@ -85,6 +85,7 @@ class Worker:
         self._aborting = False
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._any = asyncio.Event()  # set with each of the three above: the busy path's one wait
         self._heartbeat: asyncio.Task[None] | None = None
         self._queue_failures = 0
         self._journal_waiting = journal is not None  # results may wait from an earlier run
@@ -104,10 +105,12 @@ class Worker:
         log.info("stopping: no new claims; %d job(s) in flight finish first", len(self._running))
         self._stopping.set()
         self._wake.set()
+        self._any.set()
 
     def wake(self) -> None:
         """Poll again now (a push notification or a reload)."""
         self._wake.set()
+        self._any.set()
 
     @property
     def in_flight(self) -> int:
@@ -174,6 +177,15 @@ class Worker:
         self, *, slot: bool = False, idle: bool = False, timeout: float | None = None
     ) -> None:
         """Sleep until a slot frees (``slot``), the queue may have work, a wake-up, or a stop."""
+        if slot and not idle and timeout is None:
+            # The busy path, taken once per freed batch of slots: one event, no helper tasks.
+            # Nothing runs between the check and the clear, so no wake-up is lost.
+            if not (self._stopping.is_set() or self._wake.is_set() or self._slot_free.is_set()):
+                self._any.clear()
+                await self._any.wait()
+            self._wake.clear()
+            self._slot_free.clear()
+            return
         waiters: list[Awaitable[object]] = [self._stopping.wait(), self._wake.wait()]
         if slot:
             waiters.append(self._slot_free.wait())
@@ -198,6 +210,7 @@ class Worker:
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
         self._slot_free.set()
+        self._any.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed", exc_info=task.exception())
 
