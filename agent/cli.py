@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import Daemon
 
     config = _load(args)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, background=True)
     for warning in config.warnings:
         import logging
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
@@ -40,10 +44,39 @@ class JSONFormatter(logging.Formatter):
                 out[name] = getattr(record, name)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str, *, json_lines: bool | None = None) -> None:
+class _Handoff(logging.handlers.QueueHandler):
+    """Hands records to the writer thread with only the message merged and any traceback
+    rendered, so the event loop neither formats JSON nor blocks on a slow stderr."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _stop_listener() -> None:
+    global _listener
+    if _listener is not None:
+        _listener.stop()  # writes out what is queued
+        _listener = None
+
+
+def setup_logging(
+    level: str, *, json_lines: bool | None = None, background: bool = False
+) -> None:
+    """Log to stderr; ``background`` (the daemon) formats and writes on a thread of its own."""
+    global _listener
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
@@ -52,6 +85,14 @@ def setup_logging(level: str, *, json_lines: bool | None = None) -> None:
         if json_lines
         else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
+    _stop_listener()
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if background:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        _listener = logging.handlers.QueueListener(records, handler)
+        _listener.start()
+        atexit.register(_stop_listener)
+        root.handlers[:] = [_Handoff(records)]
+    else:
+        root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level, logging.INFO))
