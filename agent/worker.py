@@ -216,7 +216,11 @@ class Worker:
 
     async def _run_job(self, claim: Claim) -> None:
         start = time.perf_counter()
-        result = await self.caller.run(claim.job, attempts_before=claim.attempt - 1)
+        if claim.problem is not None:
+            log.error("%s; it ends as invalid_job", claim.problem)
+            result = Result.failed(claim.job.id, "invalid_job", claim.problem)
+        else:
+            result = await self.caller.run(claim.job, attempts_before=claim.attempt - 1)
         await asyncio.shield(self._complete(claim, result, time.perf_counter() - start))
 
     async def _complete(self, claim: Claim, result: Result, seconds: float) -> None:

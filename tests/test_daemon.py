@@ -250,3 +250,34 @@ async def test_an_enqueue_from_another_process_wakes_an_idle_daemon(
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(daemon.wait(), 30) == 0
+
+
+async def test_a_stored_row_that_is_no_job_ends_invalid_and_the_rest_run(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    """Rows written by another program: each bad one ends as invalid_job, none stops the agent."""
+    import sqlite3
+    import time
+
+    config = profile_config(tmp_path, pki, mtls_server.port)
+    good = json.dumps([job("good-1", mtls_server.port), job("good-2", mtls_server.port)])
+    assert (await arun_agent("-c", str(config), "enqueue", "-", input=good)).returncode == 0
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        now = time.time()
+        db.executemany(
+            "INSERT INTO jobs (id, job, created, updated) VALUES (?, ?, ?, ?)",
+            [
+                ("not-json", "{broken", now, now),
+                ("no-endpoint", json.dumps({"id": "no-endpoint", "topic": "RESTProbe"}), now, now),
+            ],
+        )
+    ran = await arun_agent("-c", str(config), "run", "--burst")
+    assert ran.returncode == 0, ran.stderr
+    assert await states(config, ["good-1", "good-2"]) == {
+        "good-1": "processed",
+        "good-2": "processed",
+    }
+    for bad, needle in (("not-json", "not JSON"), ("no-endpoint", "endpoint")):
+        result = json.loads((await arun_agent("-c", str(config), "result", bad)).stdout)
+        assert result["state"] == "error" and result["error"]["kind"] == "invalid_job"
+        assert bad in result["error"]["message"] and needle in result["error"]["message"]

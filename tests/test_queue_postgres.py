@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.demoserver import DemoServer
+from agent.jobs import Job
 from agent.queues.postgres import PostgresQueue
 from tests.conftest import PKI, agent_cmd, arun_agent, profile_config
 from tests.pg import PORT, database_url, fetch, fresh_database
@@ -306,3 +307,18 @@ async def test_agents_starting_together_migrate_the_schema_once(db: str) -> None
         await asyncio.gather(*(q.close() for q in queues))
     rows = await fetch(db, "SELECT version FROM agent_schema_version")
     assert [r["version"] for r in rows] == [1]
+
+
+async def test_a_row_that_is_no_job_is_claimed_with_its_problem(db: str) -> None:
+    """Another program wrote the row: the claim says why it is unusable instead of failing."""
+    queue = PostgresQueue(database_url(db))
+    await queue.open()
+    try:
+        await fetch(db, "INSERT INTO agent_jobs (id, job) VALUES ('bad', '{\"topic\": 7}')")
+        await queue.enqueue([Job.from_dict(job("good", 443, "/echo"))])
+        claims = await queue.claim("agent-1", 10, 60)
+    finally:
+        await queue.close()
+    by_id = {c.job.id: c for c in claims}
+    assert by_id["good"].problem is None
+    assert by_id["bad"].problem is not None and "topic" in by_id["bad"].problem

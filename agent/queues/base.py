@@ -11,10 +11,12 @@ after the lease lapsed) are rejected, so a late agent never writes over a newer 
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..errors import JobError
 from ..jobs import Job, Result
 
 State = Literal["ready", "processing", "processed", "error"]
@@ -22,11 +24,29 @@ State = Literal["ready", "processing", "processed", "error"]
 
 @dataclass(frozen=True)
 class Claim:
-    """A job claimed by this agent, with the fencing token of this claim."""
+    """A job claimed by this agent, with the fencing token of this claim.
+
+    ``problem`` is set when the stored job could not be read as a job (a row written by another
+    program or version): the worker then finishes it at once as ``invalid_job``, so one bad
+    row never stops an agent and is never lost.
+    """
 
     job: Job
     token: int
     attempt: int
+    problem: str | None = None
+
+
+def claim_of(job_id: str, body: str, token: int, attempt: int) -> Claim:
+    """The claim for a stored job row, or one carrying the reason it is not a usable job."""
+    try:
+        return Claim(Job.from_dict(json.loads(body)), token, attempt)
+    except JobError as exc:
+        problem = exc.message
+    except (ValueError, TypeError) as exc:  # not JSON at all
+        problem = f"the stored job is not JSON ({exc})"
+    placeholder = Job(id=job_id, topic="RESTProbe", endpoint="")
+    return Claim(placeholder, token, attempt, problem=f"stored job {job_id!r}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import asyncpg
 
 from ..errors import QueueError
 from ..jobs import Job, Result
-from .base import Claim, JobStatus, Queue, redact_url
+from .base import Claim, JobStatus, Queue, claim_of, redact_url
 
 log = logging.getLogger("agent.queues.postgres")
 
@@ -299,7 +299,7 @@ class PostgresQueue(Queue):
             "claim", lambda pool: pool.fetch(CLAIM, agent, float(lease_seconds), limit)
         )
         rows = sorted(rows, key=lambda row: row[4])  # RETURNING keeps no order
-        return [Claim(Job.from_dict(json.loads(row[1])), row[2], row[3]) for row in rows]
+        return [claim_of(row[0], row[1], row[2], row[3]) for row in rows]
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
         if not claims:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from ..errors import QueueError
 from ..jobs import Job, Result
-from .base import Claim, JobStatus, Queue
+from .base import Claim, JobStatus, Queue, claim_of
 
 T = TypeVar("T")
 
@@ -191,7 +191,7 @@ class SqliteQueue(Queue):
             ).fetchall()
 
         rows = await self._run(self._transaction, take, False)
-        return [Claim(Job.from_dict(json.loads(body)), token, att) for _, body, token, att in rows]
+        return [claim_of(job_id, body, token, att) for job_id, body, token, att in rows]
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
         def extend(db: sqlite3.Connection) -> list[Claim]:
