@@ -243,6 +243,9 @@ class Worker:
                 fenced = {(c.job.id, c.token) for c in lost}
             except QueueError as exc:
                 error = exc
+            except Exception as exc:  # noqa: BLE001 - a bug here must not strand the batch
+                log.exception("storing %d result(s) failed", len(batch))
+                error = QueueError(f"storing results failed: {exc!r}")
             for claim, result, seconds, done in batch:
                 try:
                     self._unfinished.pop(claim.job.id, None)
