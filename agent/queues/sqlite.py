@@ -58,6 +58,7 @@ def sqlite_path(url: str, base_dir: Path) -> Path:
 
 WAKE_POLL_MIN = 0.002  # seconds between looks for another process's commit, just after work
 WAKE_POLL_MAX = 0.05  # ... and after a quiet while
+BUSY_WINDOW = 1.0  # seconds after the last claimed job during which the look stays frequent
 
 
 class SqliteQueue(Queue):
@@ -65,6 +66,7 @@ class SqliteQueue(Queue):
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._durable = True
+        self._last_work = 0.0  # monotonic time of the last claim that returned jobs
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
 
     def __repr__(self) -> str:
@@ -112,7 +114,7 @@ class SqliteQueue(Queue):
         if durable != self._durable:
             db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self._durable = durable
-        db.execute("BEGIN IMMEDIATE")
+        self._begin(db)
         try:
             out = fn(db)
         except BaseException:
@@ -121,15 +123,41 @@ class SqliteQueue(Queue):
         db.execute("COMMIT")
         return out
 
+    @staticmethod
+    def _begin(db: sqlite3.Connection) -> None:
+        """Take the write lock, retrying in fine steps while another process holds it.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, so a collision with a
+        sub-millisecond transaction of the CLI or another agent could cost a job 10 ms or more;
+        here the retries start at 0.1 ms. The overall bound stays BUSY_TIMEOUT_MS.
+        """
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            pause = 0.0001
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if db.in_transaction or "locked" not in str(exc):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
     # -- wake-ups ----------------------------------------------------------------------------
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return soon after another process commits (an enqueue), or after ``timeout``.
 
         SQLite has no notifications; ``PRAGMA data_version`` changes when another connection
-        commits, and reading it is a cheap in-memory check. It is looked at often just after
-        the queue went quiet (when work tends to come again soon) and then less often, up to
-        WAKE_POLL_MAX, so an idle agent costs next to nothing.
+        commits, and reading it is a cheap in-memory check. It is looked at every
+        WAKE_POLL_MIN while jobs came in the last BUSY_WINDOW (work tends to keep coming), then
+        less and less often, up to WAKE_POLL_MAX, so an idle agent costs next to nothing.
         """
         deadline = time.monotonic() + timeout
         start = await self._run(self._data_version)
@@ -138,7 +166,8 @@ class SqliteQueue(Queue):
             await asyncio.sleep(min(delay, left))
             if await self._run(self._data_version) != start:
                 return
-            delay = min(WAKE_POLL_MAX, delay * 1.5)
+            if time.monotonic() - self._last_work > BUSY_WINDOW:
+                delay = min(WAKE_POLL_MAX, delay * 1.5)
 
     def _data_version(self) -> int:
         row = self.db.execute("PRAGMA data_version").fetchone()
@@ -191,6 +220,8 @@ class SqliteQueue(Queue):
             ).fetchall()
 
         rows = await self._run(self._transaction, take, False)
+        if rows:
+            self._last_work = time.monotonic()
         return [claim_of(job_id, body, token, att) for job_id, body, token, att in rows]
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:

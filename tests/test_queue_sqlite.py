@@ -1,0 +1,60 @@
+"""The embedded queue beside other writers: waits out their write lock, wakes on their commits."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from agent.jobs import Job
+from agent.queues.sqlite import SqliteQueue
+
+
+def job(job_id: str) -> Job:
+    return Job.from_dict({"id": job_id, "topic": "RESTProbe", "endpoint": "https://a.example/"})
+
+
+async def test_a_write_lock_held_by_another_process_is_waited_out(tmp_path: Path) -> None:
+    queue = SqliteQueue(tmp_path / "queue.db")
+    await queue.open()
+    holding, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:  # another process's long write transaction, on its own connection
+        db = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        holding.set()
+        release.wait(10)
+        db.execute("COMMIT")
+        db.close()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(holding.wait, 10)
+        enqueue = asyncio.create_task(queue.enqueue([job("waited")]))
+        await asyncio.sleep(0.05)  # let the enqueue meet the held lock at least once
+        assert not enqueue.done()  # it waits rather than failing
+        release.set()
+        assert await asyncio.wait_for(enqueue, 10) == ["waited"]
+        status = await queue.status("waited")
+        assert status is not None and status.state == "ready"
+    finally:
+        release.set()
+        thread.join(10)
+        await queue.close()
+
+
+async def test_wait_for_work_returns_when_another_connection_commits(tmp_path: Path) -> None:
+    daemon_side, cli_side = SqliteQueue(tmp_path / "q.db"), SqliteQueue(tmp_path / "q.db")
+    await daemon_side.open()
+    await cli_side.open()
+    try:
+        waiting = asyncio.create_task(daemon_side.wait_for_work(60))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await cli_side.enqueue([job("wake")])
+        await asyncio.wait_for(waiting, 10)  # far below the 60 s it would otherwise wait
+    finally:
+        await daemon_side.close()
+        await cli_side.close()
