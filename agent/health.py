@@ -8,7 +8,7 @@
 - ``/metrics`` is the Prometheus text format of ``agent.metrics``.
 
 Under ``agent.workers`` > 1 only worker 0 (``AGENT_WORKER_INDEX`` unset or ``0``) listens: the
-port can be bound once, and the other workers would report the same queue and certificates.
+port can be bound once. Its ``/metrics`` adds up all workers' values (see ``agent.metrics``).
 Bind it to loopback or a management network: it has no authentication.
 """
 

@@ -5,14 +5,17 @@ the agent defines and lets tests build fresh instances. One process serves one `
 ``default_metrics()``; code that has no handle on the daemon (the vault wiring) calls the module
 functions such as ``count_vault_error()``.
 
-Under ``agent.workers`` > 1 each worker process counts its own jobs and only worker 0 serves
-``/metrics`` (see ``agent/health.py``).
+Under ``agent.workers`` > 1 the supervisor gives its workers a directory in
+``PROMETHEUS_MULTIPROC_DIR``: prometheus_client then keeps every worker's values in files there,
+and worker 0, the one serving ``/metrics`` (see ``agent/health.py``), reports the sum over all
+workers (gauges: the largest value among live workers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -20,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .jobs import Result
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -60,12 +64,14 @@ class Metrics:
             "agent_queue_depth",
             "Jobs waiting in the queue (where the backend can tell)",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.cert_days = Gauge(
             "agent_client_certificate_days_left",
             "Days until the profile's client certificate expires (negative: expired)",
             ["profile"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.vault_errors = Counter(
             "agent_vault_errors", "Vault requests that failed", registry=r
@@ -113,7 +119,14 @@ class Metrics:
         self.vault_errors.inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        shared = os.environ.get(MULTIPROCESS_ENV)
+        if not shared:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
 
 
 _default: Metrics | None = None

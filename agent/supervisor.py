@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
+from .metrics import MULTIPROCESS_ENV
 from .notify import Notifier
 
 log = logging.getLogger("agent.supervisor")
@@ -32,6 +35,8 @@ class Supervisor:
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self.notifier = Notifier()  # the supervisor, not its workers, speaks to systemd
         self._announced = False
+        # Workers write their metrics here; worker 0's /metrics adds up every worker's.
+        self.metrics_dir: Path | None = None
 
     def _command(self) -> list[str]:
         cmd = [sys.executable, "-m", "agent", "-c", str(self.config_path), "run"]
@@ -42,6 +47,8 @@ class Supervisor:
         env["MID_CONFIG_agent.workers"] = "1"
         env["AGENT_WORKER_INDEX"] = str(index)
         env.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to the service manager
+        if self.metrics_dir is not None:
+            env[MULTIPROCESS_ENV] = str(self.metrics_dir)
         return env
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
@@ -59,12 +66,20 @@ class Supervisor:
         while True:
             proc = await self._spawn(index)
             code = await proc.wait()
+            self._forget_metrics(proc.pid)
             if self.stopping or (self.burst and code == 0):
                 return code
             failures += 1
             delay = min(RESTART_BACKOFF_CAP, 0.5 * 2**failures)
             log.error("worker %d exited with %d; restarting in %.1f s", index, code, delay)
             await asyncio.sleep(delay)
+
+    def _forget_metrics(self, pid: int) -> None:
+        """A worker is gone: its gauges no longer count (its counters still do)."""
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
 
     def _forward(self, sig: signal.Signals) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,6 +98,7 @@ class Supervisor:
         for sig in FORWARDED:
             loop.add_signal_handler(sig, self._forward, sig)
         log.info("supervising %d worker processes", self.workers)
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="agent-metrics-"))
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="notify-watchdog")
         try:
             codes = await asyncio.gather(*(self._keep(i) for i in range(self.workers)))
@@ -91,5 +107,6 @@ class Supervisor:
             await asyncio.gather(watchdog, return_exceptions=True)
             for sig in FORWARDED:
                 loop.remove_signal_handler(sig)
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         bad = [c for c in codes if c != 0]
         return 0 if not bad else 1

@@ -382,3 +382,40 @@ def test_drop_in_overrides_reach_the_configuration() -> None:
     assert (config.threads_max, config.workers) == (50, 2)
     assert config.health_listen == ("127.0.0.1", 9464)
     assert config.outbound_allow == ("*.partner.example", "203.0.113.0/24")
+
+
+async def test_metrics_add_up_every_worker(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    """agent.workers = 2: worker 0 serves /metrics, and it counts both workers' jobs."""
+    port = free_port()
+    extra = {"agent.health.listen": f"127.0.0.1:{port}", "agent.workers": "2", "threads.max": "2"}
+    config = profile_config(tmp_path, pki, mtls_server.port, **extra)
+    jobs = [
+        {
+            "id": f"w-{n}",
+            "topic": "RESTProbe",
+            "endpoint": f"https://alpha.test:{mtls_server.port}/slow?seconds=0.2",
+            "protocol_profile": "partner",
+        }
+        for n in range(12)
+    ]
+    await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
+    proc = await start_agent(config)
+    try:
+        for job in jobs:  # 12 jobs of 0.2 s, 2 at a time per worker: both workers take some
+            ran = await arun_agent("-c", str(config), "result", str(job["id"]), "--wait", "60")
+            assert json.loads(ran.stdout)["status"] == 200, ran.stdout
+        deadline = time.monotonic() + 30
+        while True:  # worker 0's health server may still be starting
+            try:
+                status, text = await get(f"http://127.0.0.1:{port}/metrics")
+                break
+            except aiohttp.ClientConnectionError:
+                assert time.monotonic() < deadline, "worker 0 never served /metrics"
+                await asyncio.sleep(0.1)
+        assert status == 200
+        ok = (("error_kind", ""), ("outcome", "processed"), ("topic", "RESTProbe"))
+        assert samples(text)[("agent_jobs_total", ok)] == 12
+    finally:
+        assert await stop(proc) == 0
