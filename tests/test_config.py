@@ -185,3 +185,19 @@ def test_encrypted_value_without_its_key_is_a_clear_error(tmp_path: Path) -> Non
     key_path_for(path).unlink()
     with pytest.raises(ConfigError, match="mid.instance.password.*is encrypted but .* is missing"):
         load_secure_config(path, env={})
+
+
+def test_config_example_parses_with_every_commented_parameter_enabled() -> None:
+    """config.xml.example documents every parameter: as shipped and fully uncommented, it loads
+    without a warning about an unknown name."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "config.xml.example").read_text()
+    full = re.sub(r"<!-- (<parameter [^>]*/>) -->", r"\1", text)
+    assert full != text
+    for variant in (text, full):
+        config = AgentConfig.from_xml(variant.encode(), base_dir=Path("/etc/agent"), env={})
+        assert config.warnings == ()
+    everything = AgentConfig.from_xml(full.encode(), base_dir=Path("/etc/agent"), env={})
+    assert everything.profiles["partner"].wss_password_type == "digest"
+    assert everything.vault.address and everything.proxy is not None
