@@ -199,7 +199,7 @@ class Daemon:
                 callback(report)
         return reports
 
-    # ------------------------------------------------------------ operations (issue 7)
+    # ------------------------------------------------------------ operations
 
     def _wire_operations(self, metrics: Metrics | None) -> None:
         """Metrics, readiness, health server and service-manager notifications."""
