@@ -44,17 +44,25 @@ def _address(text: str) -> Address | None:
         return None
 
 
-def _network(entry: str) -> Network | None:
-    """The entry as a network, None when it is a host glob; a malformed CIDR is an error."""
+def network_of(entry: str) -> Network | None:
+    """The entry as a network, None when it is a host glob; ValueError for a malformed CIDR.
+
+    config.py checks ``agent.outbound.allow`` with this when it is read, naming the line."""
     if "/" not in entry and _address(entry) is None:
         return None
     try:
         return ipaddress.ip_network(entry.strip("[]"), strict=False)
     except ValueError:
-        raise ConfigError(
-            f"{entry!r} is neither a host name pattern nor a network such as 10.0.0.0/8",
-            parameter=PARAMETER,
+        raise ValueError(
+            f"{entry!r} is neither a host name pattern nor a network such as 10.0.0.0/8"
         ) from None
+
+
+def _network(entry: str) -> Network | None:
+    try:
+        return network_of(entry)
+    except ValueError as exc:
+        raise ConfigError(str(exc), parameter=PARAMETER) from None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ value's type and names the parameter and line of anything wrong. Reading key mat
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any
 
 from lxml import etree
 
+from .allowlist import network_of
 from .errors import ConfigError
 
 log = logging.getLogger("agent.config")
@@ -252,13 +252,7 @@ def _allow(v: str) -> tuple[str, ...]:
     """``agent.outbound.allow``: host globs and networks; a malformed network is refused here."""
     entries = _list(v)
     for entry in entries:
-        if "/" in entry:
-            try:
-                ipaddress.ip_network(entry.strip("[]"), strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"{entry!r} is neither a host name pattern nor a network such as 10.0.0.0/8"
-                ) from None
+        network_of(entry.lower())
     return entries
 
 

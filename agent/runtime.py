@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .allowlist import allow_list
 from .call import Caller, address_allow_list
 from .config import AgentConfig, ProfileConfig
 from .credentials import Credentials
@@ -135,7 +134,6 @@ class Daemon:
         self._wire_operations(metrics)
 
     async def run(self) -> int:
-        allow_list(tuple(self.config.outbound_allow))  # a malformed entry stops the start
         self.queue = open_queue(self.config)
         await self.queue.open()
         journal = Journal(self.config.base_dir / self.config.journal_path)
@@ -289,8 +287,7 @@ class Daemon:
 
     def _reload(self, config_path: Path) -> None:
         try:
-            new = self.loader(config_path)
-            allow_list(tuple(new.outbound_allow))
+            new = self.loader(config_path)  # checks agent.outbound.allow too
         except AgentError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
