@@ -2,8 +2,7 @@
 
 A private ``CollectorRegistry`` (not prometheus_client's global one) keeps the exposition to what
 the agent defines and lets tests build fresh instances. One process serves one ``Metrics``:
-``default_metrics()``; code that has no handle on the daemon (the vault wiring) calls the module
-functions such as ``count_vault_error()``.
+``default_metrics()``.
 
 Under ``agent.workers`` > 1 the supervisor gives its workers a directory in
 ``PROMETHEUS_MULTIPROC_DIR``: prometheus_client then keeps every worker's values in files there,
@@ -138,8 +137,3 @@ def default_metrics() -> Metrics:
     if _default is None:
         _default = Metrics()
     return _default
-
-
-def count_vault_error() -> None:
-    """For the vault wiring: one vault request failed."""
-    default_metrics().vault_error()

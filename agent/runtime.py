@@ -23,7 +23,7 @@ from .keystores.sources import ProfileMaterial
 from .metrics import Metrics, default_metrics
 from .notify import Notifier
 from .queues import open_queue
-from .queues.base import Claim, Queue
+from .queues.base import Claim, Queue, redact_url
 from .secure import load_secure_config
 from .transport import Transport
 from .validate import collect_reports
@@ -151,7 +151,7 @@ class Daemon:
         log.info(
             "agent %s started: queue %s, %d thread(s), %d profile(s)",
             self.config.agent_name,
-            _redact_url(self.config.url),
+            redact_url(self.config.url),
             self.config.threads_max,
             len(self.config.profiles),
         )
@@ -235,7 +235,7 @@ class Daemon:
         self.notifier.ready(self._status())
 
     def _status(self) -> str:
-        return f"polling {_redact_url(self.config.url)} with {self.config.threads_max} thread(s)"
+        return f"polling {redact_url(self.config.url)} with {self.config.threads_max} thread(s)"
 
     def _busy(self) -> bool:
         return self.worker is not None and self.worker.in_flight >= self.config.threads_max
@@ -293,7 +293,7 @@ class Daemon:
             return
         if new.url != self.config.url:
             log.warning(
-                "reload: a new url needs a restart; keeping %s", _redact_url(self.config.url)
+                "reload: a new url needs a restart; keeping %s", redact_url(self.config.url)
             )
             new = _with_url(new, self.config.url)
         self.config = new
@@ -319,12 +319,6 @@ def _with_url(config: AgentConfig, url: str) -> AgentConfig:
     from dataclasses import replace
 
     return replace(config, url=url)
-
-
-def _redact_url(url: str) -> str:
-    from .queues.base import redact_url
-
-    return redact_url(url)
 
 
 def level_of(name: str) -> int:

@@ -102,8 +102,6 @@ class Transport:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self.max_sessions = MAX_SESSIONS
         self._closing: set[asyncio.Task[None]] = set()
-        self.connections_opened = 0
-        self.connections_reused = 0
         self.allow: AllowList | None = None  # None: no address check (none set, or a proxy)
         self.on_connection: list[Callable[[bool], None]] = []  # called with new=True/False
         self._seen: weakref.WeakSet[object] = weakref.WeakSet()
@@ -124,9 +122,6 @@ class Transport:
         new = protocol not in self._seen
         if new:
             self._seen.add(protocol)
-            self.connections_opened += 1
-        else:
-            self.connections_reused += 1
         self._connection_event(new)
 
     def _connection_event(self, new: bool) -> None:
