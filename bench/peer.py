@@ -9,25 +9,17 @@ fresh handshake. Session caches and tickets are off: a new connection is a full 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from agent.pki import CA
+from tests.servers import Managed, accepts, free_port
 
 HOST = "localhost"  # the URL host: SNI is sent, the server certificate names it
 PATH = "/bench"
 BODY = '{"ok":true}'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -70,7 +62,7 @@ def _server(port: int, pki: BenchPKI, keepalive: str) -> str:
   }}"""
 
 
-class BenchNginx:
+class BenchNginx(Managed):
     """``with BenchNginx(dir, pki) as nginx:`` — both ports accept connections on return."""
 
     def __init__(self, directory: Path, pki: BenchPKI) -> None:
@@ -123,7 +115,7 @@ http {{
                 stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + 10
-        while not all(_accepts(p) for p in (self.warm_port, self.cold_port)):
+        while not all(accepts(p) for p in (self.warm_port, self.cold_port)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"nginx did not start: {log.read_text(errors='replace')}")
@@ -138,26 +130,6 @@ http {{
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-
-    def __enter__(self) -> BenchNginx:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def nginx_version() -> str:

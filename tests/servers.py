@@ -109,7 +109,8 @@ def free_port() -> int:
         return port
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port`` now."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -492,7 +493,7 @@ http {{
         return ["nginx", "-e", str(self.error_log), "-p", d, "-c", str(self.conf_path)]
 
     def _ready(self) -> bool:
-        return all(_accepts(port) for port in self.ports)
+        return all(accepts(port) for port in self.ports)
 
     def _logs(self) -> list[Path]:
         return [self.error_log, *super()._logs()]
@@ -804,12 +805,14 @@ __all__ = [
     "HarnessError",
     "Nginx",
     "NginxPorts",
+    "Managed",
     "NginxServer",
     "OpenSSLServer",
     "PemFiles",
     "ServerPKI",
     "Tinyproxy",
     "UNSAFE",
+    "accepts",
     "client_hello_snis",
     "free_port",
     "nginx_ports",
