@@ -179,12 +179,7 @@ async def test_sighup_keeps_secure_passwords_working(
         assert "encrypted:" in config.read_text()
         daemon.send_signal(signal.SIGHUP)
         await asyncio.wait_for(log_line(daemon, "configuration reloaded"), 30)
-        job = {
-            "id": "after-reload",
-            "topic": "RESTProbe",
-            "endpoint": f"https://alpha.test:{mtls_server.port}/echo",
-            "protocol_profile": "partner",
-        }
+        job = rest_job("after-reload", f"https://alpha.test:{mtls_server.port}/echo", "partner")
         await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(job))
         result = await result_of(config, "after-reload")
         assert result["state"] == "processed" and result["status"] == 200, result["error"]
