@@ -98,10 +98,12 @@ def build_request(
     raw = body.encode() if isinstance(body, str) else body
     ns = NAMESPACES[version]
     root = _as_document(raw)
-    if root is not None and local_name(root) == "Envelope":
-        payload = _checked_envelope(root, raw, version, security)
-    else:
+    if root is None:  # several elements, or not XML: check it as a fragment
         payload = _wrapped(_fragment(raw), ns, security)
+    elif local_name(root) == "Envelope":
+        payload = _checked_envelope(root, raw, version, security)
+    else:  # one element, already known to be well-formed
+        payload = _wrapped(_without_declaration(raw), ns, security)
     return payload, content_headers(version, action)
 
 
@@ -136,11 +138,16 @@ def _checked_envelope(
     return out
 
 
-def _fragment(raw: bytes) -> bytes:
+def _without_declaration(raw: bytes) -> bytes:
     text = raw.strip()
     if text.startswith(b"<?xml"):
         end = text.find(b"?>")
         text = text[end + 2 :].strip() if end >= 0 else text
+    return text
+
+
+def _fragment(raw: bytes) -> bytes:
+    text = _without_declaration(raw)
     try:
         wrapper = parse_xml(b"<fragment>" + text + b"</fragment>")
     except XMLRejected as exc:
