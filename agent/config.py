@@ -302,9 +302,18 @@ VAULT_KEYS = {
     "namespace": _text,
     "ca": _text,
 }
+def _password_type(v: str) -> str:
+    """``.wss.password_type``: how a WS-Security password is sent."""
+    kind = v.strip().lower() or "text"
+    if kind not in ("text", "digest"):
+        raise ValueError(f"must be text or digest; got {v!r}")
+    return kind
+
+
 PROFILE_CONVERTERS: dict[str, Callable[[str], Any]] = {
     "port": _int(1, 65535),
     "sni": _sni,
+    "wss_password_type": _password_type,
 }
 SECRET_NAMES = re.compile(r"(password|secret_id|token)$")
 
@@ -421,12 +430,6 @@ def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConf
         value = _convert(p, PROFILE_CONVERTERS.get(key, _text))
         if key in ("path", "key", "truststore") and value:
             value = _path(base, value)
-        if key == "wss_password_type":
-            value = (value or "text").lower()
-            if value not in ("text", "digest"):
-                raise ConfigError(
-                    f"must be text or digest; got {p.value!r}", parameter=name, line=p.line
-                )
         if key == "type" and value:
             value = value.lower()
             if value not in KEYSTORE_TYPES:
