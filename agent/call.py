@@ -13,11 +13,10 @@ import logging
 import random
 import ssl
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from cryptography import x509
 
 from .allowlist import AllowList, allow_list
 from .classify import Attempt, classify
@@ -43,19 +42,33 @@ TEXT_TYPES = (
 )
 
 
-@dataclass(frozen=True)
-class Prepared:
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a job with a given endpoint and SNI setting goes under one identity, and how.
+
+    The same for every job with that endpoint, so it is worked out once per identity
+    (``Identity.routes``) instead of once per job.
+    """
+
     url: str
     host: str
     port: int
+    server_hostname: str | None  # an SNI override to send instead of the URL's host
+    ssl: ssl.SSLContext
+    tls: TLSInfo  # the result's tls block before the handshake adds version, cipher, peer
+    attempt: Attempt
+
+
+@dataclass(slots=True)
+class Prepared:
+    route: Route
     method: str
     headers: dict[str, str]
     body: bytes | None
-    server_hostname: str | None
-    ssl: ssl.SSLContext
     identity_key: str
-    tls: TLSInfo
-    attempt: Attempt
+
+
+ROUTES_PER_IDENTITY = 1024  # endpoints remembered per identity before the cache starts over
 
 
 def _target(job: Job, identity: Identity) -> tuple[str, str, int]:
@@ -75,6 +88,29 @@ def _target_of(endpoint: str, profile_port: int) -> tuple[str, str, int]:
     return urlunsplit(("https", netloc, parts.path or "/", parts.query, "")), host, port
 
 
+def _route(job: Job, identity: Identity, sni_enabled: bool) -> Route:
+    key = (job.endpoint, job.sni, sni_enabled)
+    route: Route | None = identity.routes.get(key)
+    if route is not None:
+        return route
+    url, host, port = _target(job, identity)
+    choice = choose_sni(host, job=job.sni, profile=identity.sni, global_enabled=sni_enabled)
+    route = Route(
+        url=url,
+        host=host,
+        port=port,
+        server_hostname=choice.send if choice.send and choice.send != host else None,
+        ssl=identity.context(send_sni=choice.send is not None or is_ip_literal(host)),
+        tls=TLSInfo(sni=choice.send, client_certificate=identity.client_subject),
+        attempt=Attempt(host, port, choice.send, identity.profile, identity.client_subject),
+    )
+    if len(identity.routes) >= ROUTES_PER_IDENTITY:
+        identity.routes.clear()
+    identity.routes[key] = route
+    return route
+
+
+@functools.lru_cache(maxsize=256)
 def _is_text(content_type: str) -> bool:
     ct = content_type.lower()
     return any(t in ct for t in TEXT_TYPES)
@@ -97,28 +133,28 @@ class Caller:
             if kind not in RETRYABLE or attempt >= job.max_attempts:
                 break
             await asyncio.sleep(_backoff(attempt))
-        elapsed = round((time.perf_counter() - start) * 1000, 3)
-        return replace(result, attempts=attempts_before + attempt, elapsed_ms=elapsed)
+        result.attempts = attempts_before + attempt
+        result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
+        return result
 
     async def run_once(self, job: Job) -> Result:
         start = time.perf_counter()
         prepared: Prepared | None = None
         try:
             prepared = await self.prepare(job)
-            async with asyncio.timeout(job.timeout):
-                result = await self._send(job, prepared)
+            result = await self._send(job, prepared)
         except AgentError as exc:
-            tls = prepared.tls if prepared is not None else TLSInfo()  # e.g. denied by name
+            tls = prepared.route.tls if prepared is not None else TLSInfo()  # e.g. denied by name
             result = Result.failed(job.id, exc.kind, exc.message, tls=tls)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a result
             if prepared is None:
                 log.exception("job %s: unexpected failure", job.id)
                 result = Result.failed(job.id, "connect", f"unexpected failure: {exc!r}")
             else:
-                err = await self._explained(_classified(exc, prepared), prepared)
-                result = Result.failed(job.id, err.kind, err.message, tls=prepared.tls)
-        elapsed = round((time.perf_counter() - start) * 1000, 3)
-        return replace(result, elapsed_ms=elapsed)
+                err = await self._explained(_classified(exc, prepared.route), prepared.route)
+                result = Result.failed(job.id, err.kind, err.message, tls=prepared.route.tls)
+        result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
+        return result
 
     def check_destination(self, job: Job) -> None:
         """``agent.outbound.allow``, by name, before anything else happens for the job. The
@@ -131,30 +167,14 @@ class Caller:
     async def prepare(self, job: Job) -> Prepared:
         self.check_destination(job)
         identity = await self.credentials.for_job(job)
-        url, host, port = _target(job, identity)
-        choice = choose_sni(
-            host, job=job.sni, profile=identity.sni, global_enabled=self.config.sni_enabled
-        )
-        ctx = identity.context(send_sni=choice.send is not None or is_ip_literal(host))
+        route = _route(job, identity, self.config.sni_enabled)
         headers = dict(job.headers)
         body = job.body
         if job.topic == "SOAPProbe":
             body, headers = _soap_request(job, headers, self._username_token(job, identity))
         elif not any(k.lower() == "idempotency-key" for k in headers):
             headers["Idempotency-Key"] = job.id
-        return Prepared(
-            url=url,
-            host=host,
-            port=port,
-            method=job.method,
-            headers=headers,
-            body=body,
-            server_hostname=choice.send if choice.send and choice.send != host else None,
-            ssl=ctx,
-            identity_key=identity.key,
-            tls=TLSInfo(sni=choice.send, client_certificate=identity.client_subject),
-            attempt=Attempt(host, port, choice.send, identity.profile, identity.client_subject),
-        )
+        return Prepared(route, job.method, headers, body, identity.key)
 
     def _username_token(self, job: Job, identity: Identity) -> UsernameToken | None:
         """WS-Security credentials of the job's inline record or its protocol profile."""
@@ -165,59 +185,67 @@ class Caller:
             return None
         return UsernameToken(source.wss_username, source.wss_password, source.wss_password_type)
 
-    async def _explained(self, err: CallError, p: Prepared) -> CallError:
+    async def _explained(self, err: CallError, r: Route) -> CallError:
         """A hostname mismatch found by OpenSSL does not say what the certificate is for: look.
 
         One extra handshake, only on this failure, presenting no client certificate.
         """
         if err.kind != "hostname_mismatch" or "names:" in err.message or self.config.proxy:
             return err
-        names = await peer_names(p.host, p.port, p.attempt.sni, self.config.resolve)
+        names = await peer_names(r.host, r.port, r.attempt.sni, self.config.resolve)
         if names is None:
             return err
         return TLSError(err.kind, f"{err.message} (the certificate is for: {names or 'no names'})")
 
     async def _send(self, job: Job, p: Prepared) -> Result:
-        kwargs = proxy_args(self.config.proxy)
-        if p.server_hostname:
-            kwargs["server_hostname"] = p.server_hostname
-        async with (
-            self.transport.session(p.identity_key) as session,
-            session.request(
+        """One request. The job's timeout is aiohttp's total timeout: it covers connecting,
+        the handshake, the request and reading the whole answer."""
+        r = p.route
+        kwargs = proxy_args(self.config.proxy) if self.config.proxy is not None else {}
+        if r.server_hostname:
+            kwargs["server_hostname"] = r.server_hostname
+        entry = self.transport.acquire(p.identity_key)
+        try:
+            async with entry.session.request(
                 p.method,
-                p.url,
+                r.url,
                 headers=p.headers,
                 data=p.body,
-                ssl=p.ssl,
+                ssl=r.ssl,
                 allow_redirects=False,
+                timeout=_timeout(job.timeout),
                 **kwargs,
-            ) as resp,
-        ):
-            protocol = _protocol_of(resp)
-            self.transport.observe(protocol)
-            tls = _tls_details(protocol, p.tls)
-            data = await _read_bounded(resp, self.config.max_response_bytes, p)
-            headers = {k: v for k, v in resp.headers.items()}
-            fault = _soap_fault(job, data, p.host) if job.topic == "SOAPProbe" else None
-            text = _as_text(data, resp.headers.get("Content-Type", ""), resp.charset)
-            return Result(
-                id=job.id,
-                state="processed",
-                status=resp.status,
-                headers=headers,
-                body=text,
-                body_base64=None if text is not None else base64.b64encode(data).decode(),
-                soap_fault=fault,
-                tls=tls,
-            )
+            ) as resp:
+                tls = self.transport.observe(_protocol_of(resp), r.tls)
+                data = await _read_bounded(resp, self.config.max_response_bytes, r.host)
+                headers = {str(k): v for k, v in resp.headers.items()}  # plain keys, not istr
+                fault = _soap_fault(job, data, r.host) if job.topic == "SOAPProbe" else None
+                text = _as_text(data, resp.headers.get("Content-Type", ""), resp.charset)
+                return Result(
+                    id=job.id,
+                    state="processed",
+                    status=resp.status,
+                    headers=headers,
+                    body=text,
+                    body_base64=None if text is not None else base64.b64encode(data).decode(),
+                    soap_fault=fault,
+                    tls=tls,
+                )
+        finally:
+            self.transport.release(entry)
 
 
-def _classified(exc: Exception, p: Prepared) -> CallError:
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
+
+
+def _classified(exc: Exception, r: Route) -> CallError:
     try:
-        return classify(exc, p.attempt)
+        return classify(exc, r.attempt)
     except Exception:  # noqa: BLE001 - an unforeseen failure still ends as a result
-        log.exception("cannot classify a failure calling %s:%d", p.host, p.port)
-        return CallError("connect", f"call to {p.host}:{p.port} failed: {exc!r}")
+        log.exception("cannot classify a failure calling %s:%d", r.host, r.port)
+        return CallError("connect", f"call to {r.host}:{r.port} failed: {exc!r}")
 
 
 def _backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
@@ -225,14 +253,16 @@ def _backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, p: Prepared) -> bytes:
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, host: str) -> bytes:
     declared = resp.content_length
     if declared is not None and declared > limit:
         resp.close()
         raise CallError(
             "response_too_large",
-            f"{p.host} answered {declared} bytes, over agent.max_response_bytes ({limit})",
+            f"{host} answered {declared} bytes, over agent.max_response_bytes ({limit})",
         )
+    if declared is not None and "Content-Encoding" not in resp.headers:
+        return await resp.read()  # the parser stops at the declared length: within the limit
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(64 * 1024):
@@ -241,7 +271,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, p: Prepared) -
             resp.close()
             raise CallError(
                 "response_too_large",
-                f"{p.host} answered more than agent.max_response_bytes ({limit} bytes)",
+                f"{host} answered more than agent.max_response_bytes ({limit} bytes)",
             )
         chunks.append(chunk)
     return b"".join(chunks)
@@ -259,13 +289,6 @@ def _as_text(data: bytes, content_type: str, charset: str | None) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=256)  # the same few server certificates, on every job
-def _subject(der: bytes | None) -> str | None:
-    if not der:
-        return None
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
-
-
 def address_allow_list(config: AgentConfig) -> AllowList | None:
     """The list whose networks bound the addresses connected to; None when there is nothing to
     check or a proxy resolves the names (then only the name check applies)."""
@@ -280,20 +303,6 @@ def _protocol_of(resp: aiohttp.ClientResponse) -> object | None:
     back in the pool: the protocol (kept by the response) still holds the TLS transport."""
     conn = resp.connection
     return conn.protocol if conn is not None else getattr(resp, "_protocol", None)
-
-
-def _tls_details(protocol: object | None, base: TLSInfo) -> TLSInfo:
-    transport = getattr(protocol, "transport", None)
-    obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    if not isinstance(obj, ssl.SSLObject):
-        return base
-    cipher = obj.cipher()
-    return replace(
-        base,
-        version=obj.version(),
-        cipher=cipher[0] if cipher else None,
-        server_certificate=_subject(obj.getpeercert(binary_form=True)),
-    )
 
 
 def _soap_request(

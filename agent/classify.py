@@ -135,9 +135,7 @@ def classify(exc: BaseException, a: Attempt) -> CallError:
         return _disconnected(a)
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         hint = (
-            " (check mid.proxy.username and mid.proxy.password)"
-            if exc.status in (401, 407)
-            else ""
+            " (check mid.proxy.username and mid.proxy.password)" if exc.status in (401, 407) else ""
         )
         return CallError(
             "connect", f"the proxy refused the tunnel: {exc.status} {exc.message}{hint}"

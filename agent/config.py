@@ -302,6 +302,8 @@ VAULT_KEYS = {
     "namespace": _text,
     "ca": _text,
 }
+
+
 def _password_type(v: str) -> str:
     """``.wss.password_type``: how a WS-Security password is sent."""
     kind = v.strip().lower() or "text"

@@ -17,8 +17,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .config import AgentConfig, ProfileConfig
 from .errors import KeystoreError, UnknownProfileError
@@ -45,6 +45,17 @@ class Identity:
     sni: SNI = None
     port: int = 443
     _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
+    # endpoint and SNI setting → where and how such a job goes (``agent.call.Route``)
+    routes: dict[tuple[object, ...], Any] = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def validity(self) -> tuple[float, float] | None:
+        """The client certificate's not-before and not-after, in seconds since the epoch."""
+        client = self.material.client
+        if client is None:
+            return None
+        leaf = client.leaf
+        return leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
 
     @functools.cached_property
     def client_subject(self) -> str | None:
@@ -210,17 +221,22 @@ class Credentials:
 
 def _check_validity(identity: Identity) -> None:
     """A client certificate outside its validity period is refused before any partner sees it."""
-    client = identity.material.client
-    if client is None:
+    validity = identity.validity
+    if validity is None:
         return
-    leaf, now = client.leaf, datetime.now(UTC)
-    if leaf.not_valid_after_utc < now:
+    now = time.time()
+    if validity[0] <= now <= validity[1]:
+        return
+    client = identity.material.client
+    assert client is not None
+    leaf = client.leaf
+    if validity[1] < now:
         raise KeystoreError(
             client.origin,
             f"client certificate {client.subject} expired on "
             f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: renew it (agent validate shows all)",
         )
-    if leaf.not_valid_before_utc > now:
+    if validity[0] > now:
         raise KeystoreError(
             client.origin,
             f"client certificate {client.subject} is not valid before "

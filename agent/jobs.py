@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -157,6 +158,11 @@ def _b64(value: str, where: str) -> bytes:
 def _parse_endpoint(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise JobError("endpoint", "is required: an https:// or <profile>:// URL")
+    return _checked_endpoint(value)
+
+
+@functools.lru_cache(maxsize=4096)  # jobs repeat endpoints; a refused one is checked each time
+def _checked_endpoint(value: str) -> str:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a bad port
@@ -323,7 +329,7 @@ class TLSInfo:
     server_certificate: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Result:
     id: str
     state: Literal["processed", "error"]

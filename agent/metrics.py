@@ -72,14 +72,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
-        self.vault_errors = Counter(
-            "agent_vault_errors", "Vault requests that failed", registry=r
-        )
+        self.vault_errors = Counter("agent_vault_errors", "Vault requests that failed", registry=r)
+        self._job_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def job_done(self, topic: str, result: Result, seconds: float) -> None:
         kind = result.error.kind if result.error else ""
-        self.jobs.labels(topic, result.state, kind).inc()
-        self.call_seconds.labels(topic).observe(seconds)
+        key = (topic, result.state, kind)
+        children = self._job_children.get(key)
+        if children is None:  # labels() takes a lock and builds a key: once per combination
+            children = (self.jobs.labels(*key), self.call_seconds.labels(topic))
+            self._job_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def connection(self, new: bool) -> None:
         (self.handshakes if new else self.reused).inc()

@@ -8,10 +8,12 @@ them in half. ``burst=True`` stops once the queue is empty and nothing is runnin
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -43,14 +45,19 @@ JobHook = Callable[[Claim, Result, float], None]
 ClaimHook = Callable[[float, QueueError | None], None]  # seconds the claim took, its failure
 
 
+@functools.lru_cache(maxsize=4096)  # jobs repeat endpoints
+def _scheme_and_host(endpoint: str) -> tuple[str, str | None]:
+    parts = urlsplit(endpoint)
+    return parts.scheme.lower(), parts.hostname
+
+
 def log_fields(job: Job, result: Result) -> dict[str, object]:
     """Structured fields for the job's log line (JSON logs carry them as keys)."""
-    parts = urlsplit(job.endpoint)
-    scheme = parts.scheme.lower()
+    scheme, host = _scheme_and_host(job.endpoint)
     return {
         "job_id": job.id,
         "profile": job.protocol_profile or (scheme if scheme != "https" else None),
-        "host": parts.hostname,
+        "host": host,
         "outcome": result.error.kind if result.error else result.state,
         "status": result.status,
         "duration_ms": result.elapsed_ms,
@@ -58,6 +65,19 @@ def log_fields(job: Job, result: Result) -> dict[str, object]:
 
 
 class Worker:
+    """A pipeline of three parts that never wait on one another:
+
+    - up to ``threads.max`` job tasks, each running one call;
+    - a backlog of claimed jobs (as many again), so a freed slot starts its next job at once
+      instead of waiting for a round trip to the queue;
+    - one queue task that, per round trip, stores every result finished since the last one
+      and claims enough jobs to fill the slots and the backlog (``Queue.exchange``: a single
+      transaction where the backend allows).
+
+    A job's slot frees as soon as its call returns; its claim stays unfinished (and its lease
+    renewed) until the result is stored.
+    """
+
     def __init__(
         self,
         config: AgentConfig,
@@ -78,14 +98,13 @@ class Worker:
         self.journal = journal
         self.stats = Stats()
         self._running: dict[asyncio.Task[None], Claim] = {}
-        self._results: list[tuple[Claim, Result, float, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._backlog: deque[Claim] = deque()  # claimed, not started
+        self._results: list[tuple[Claim, Result, float]] = []  # finished, not stored
         self._unfinished: dict[str, Claim] = {}  # claimed, result not yet stored
         self._stopping = asyncio.Event()
         self._aborting = False
-        self._wake = asyncio.Event()
-        self._slot_free = asyncio.Event()
-        self._any = asyncio.Event()  # set with each of the three above: the busy path's one wait
+        self._pump_wake = asyncio.Event()  # results to store, free room, a wake-up or a stop
+        self._queue_empty = False  # the last claim got fewer jobs than it asked for
         self._heartbeat: asyncio.Task[None] | None = None
         self._queue_failures = 0
         self._journal_waiting = journal is not None  # results may wait from an earlier run
@@ -104,67 +123,159 @@ class Worker:
             return
         log.info("stopping: no new claims; %d job(s) in flight finish first", len(self._running))
         self._stopping.set()
-        self._wake.set()
-        self._any.set()
+        self._pump_wake.set()
 
     def wake(self) -> None:
         """Poll again now (a push notification or a reload)."""
-        self._wake.set()
-        self._any.set()
+        self._queue_empty = False
+        self._pump_wake.set()
 
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    @property
+    def prefetch(self) -> int:
+        """Claimed jobs kept waiting for a slot."""
+        return self.config.threads_max
 
     # ------------------------------------------------------------------------------ lifecycle
 
     async def serve(self) -> Stats:
         self._heartbeat = asyncio.create_task(self._renew_loop(), name="lease-heartbeat")
         await self.deliver_journal()
+        pump = asyncio.create_task(self._pump(), name="queue-pump")
         try:
             self.ready.set()
-            await self._main_loop()
-            await self._drain()
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({pump, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not pump.done():
+                await self._drain()
+            await pump
         finally:
+            if not pump.done():  # cancelled from outside, or a failure above
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
             await self._release_unfinished()
         return self.stats
 
-    async def _main_loop(self) -> None:
-        while not self._stopping.is_set():
-            free = self.config.threads_max - len(self._running)
-            if free <= 0:
-                await self._wait(slot=True)
-                continue
-            claims = await self._claim(free)
-            for claim in claims:
-                self._start(claim)
-            if len(claims) == free:
-                continue  # work keeps coming: claim again as soon as a slot frees
-            if self.burst and not self._running:
-                return
-            await self._wait(slot=self.burst, idle=True)
+    def _wanted(self) -> int:
+        """Jobs to claim now: room in the slots and the backlog."""
+        if self._stopping.is_set():
+            return 0
+        room = self.config.threads_max + self.prefetch - len(self._running) - len(self._backlog)
+        return max(0, room)
 
-    async def _claim(self, limit: int) -> list[Claim]:
+    async def _pump(self) -> None:
+        """The queue task: store results and claim, one round trip at a time, until stopped (or,
+        in burst mode, until the queue is empty and everything claimed is stored)."""
+        while True:
+            self._pump_wake.clear()
+            if self._stopping.is_set() and self._backlog:
+                await self._give_back_backlog()
+            results, self._results = self._results, []
+            want = self._wanted()
+            if want and self._queue_empty and not results:
+                want = 0  # nothing new in the queue: wait for a sign of work below
+            if not results and not want:
+                if self._stopping.is_set() and not self._running:
+                    return
+                if self.burst and self._queue_empty and not self._busy():
+                    return
+                await self._idle(poll=self._wanted() > 0 and self._queue_empty)
+                continue
+            await self._round_trip(results, want)
+
+    def _busy(self) -> bool:
+        return bool(self._running or self._backlog or self._results)
+
+    async def _round_trip(
+        self, results: list[tuple[Claim, Result, float]], want: int, *, back_off: bool = True
+    ) -> None:
+        """One exchange with the queue. On failure the results go to the journal and, unless
+        shutting down (``back_off`` false), the next round trip waits a growing, jittered time."""
         start = time.perf_counter()
         try:
-            claims = await self.queue.claim(
-                self.config.agent_name, limit, self.config.lease_seconds
+            done = await self.queue.exchange(
+                [(c, r) for c, r, _ in results],
+                self.config.agent_name,
+                want,
+                self.config.lease_seconds,
             )
         except QueueError as exc:
-            self._claimed(start, exc)
-            self._queue_failures += 1
-            delay = random.uniform(0, min(QUEUE_BACKOFF_CAP, 0.5 * 2**self._queue_failures))
-            log.error("queue unreachable (%s); retrying in %.1f s", exc, delay)
-            await self._wait(timeout=delay)
-            return []
-        self._claimed(start, None)
-        self._queue_failures = 0
+            if want:
+                self._claimed(start, exc)
+            await self._not_stored(results, exc)
+            if back_off:
+                await self._back_off(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug here must not strand the batch
+            log.exception("storing %d result(s) failed", len(results))
+            await self._not_stored(results, QueueError(f"storing results failed: {exc!r}"))
+            if back_off:
+                await self._back_off(None)
+            return
+        fenced = {(c.job.id, c.token) for c in done.fenced}
+        for claim, result, seconds in results:
+            self._unfinished.pop(claim.job.id, None)
+            try:
+                self._account(claim, result, seconds, (claim.job.id, claim.token) in fenced)
+            except Exception:  # noqa: BLE001 - one result's trouble must not strand the rest
+                log.exception("job %s: accounting for its result failed", claim.job.id)
+        if want:
+            self._claimed(start, done.claim_error)
+            if done.claim_error is not None:
+                await self._back_off(done.claim_error)
+                return
+            self._queue_failures = 0
+            self._queue_empty = len(done.claims) < want
+            self.stats.claimed += len(done.claims)
+            for claim in done.claims:
+                self._unfinished[claim.job.id] = claim
+            self._backlog.extend(done.claims)
+            self._fill_slots()
         if self._journal_waiting:
             await self.deliver_journal()
-        self.stats.claimed += len(claims)
-        return claims
+
+    async def store(self, results: list[tuple[Claim, Result, float]]) -> None:
+        """Store finished results now, or journal them when the queue cannot take them."""
+        await self._round_trip(results, 0, back_off=False)
+
+    async def _not_stored(
+        self, results: list[tuple[Claim, Result, float]], exc: QueueError
+    ) -> None:
+        for claim, result, _ in results:
+            self._unfinished.pop(claim.job.id, None)
+            try:
+                await self._keep(claim, result, exc)
+            except Exception:  # noqa: BLE001 - one result's trouble must not strand the rest
+                log.exception("job %s: keeping its result failed", claim.job.id)
+
+    async def _back_off(self, exc: QueueError | None) -> None:
+        self._queue_failures += 1
+        delay = random.uniform(0, min(QUEUE_BACKOFF_CAP, 0.5 * 2**self._queue_failures))
+        if exc is not None:
+            log.error("queue unreachable (%s); retrying in %.1f s", exc, delay)
+        await self._idle(timeout=delay)
+
+    async def _give_back_backlog(self) -> None:
+        """Stopping: claimed jobs that never started go back to the queue at once."""
+        claims = list(self._backlog)
+        self._backlog.clear()
+        try:
+            await self.queue.release(claims)
+        except QueueError as exc:
+            log.error("cannot release %d claim(s) (%s); their leases will lapse", len(claims), exc)
+        else:
+            self.stats.released += len(claims)
+            log.info("returned %d claimed job(s) that had not started to the queue", len(claims))
+        for claim in claims:
+            self._unfinished.pop(claim.job.id, None)
 
     def _claimed(self, start: float, error: QueueError | None) -> None:
         if self.on_claim is not None:
@@ -173,46 +284,43 @@ class Worker:
             except Exception:  # noqa: BLE001 - a metrics hook must not stop the worker
                 log.exception("claim hook failed")
 
-    async def _wait(
-        self, *, slot: bool = False, idle: bool = False, timeout: float | None = None
-    ) -> None:
-        """Sleep until a slot frees (``slot``), the queue may have work, a wake-up, or a stop."""
-        if slot and not idle and timeout is None:
-            # The busy path, taken once per freed batch of slots: one event, no helper tasks.
-            # Nothing runs between the check and the clear, so no wake-up is lost.
-            if not (self._stopping.is_set() or self._wake.is_set() or self._slot_free.is_set()):
-                self._any.clear()
-                await self._any.wait()
-            self._wake.clear()
-            self._slot_free.clear()
+    async def _idle(self, *, poll: bool = False, timeout: float | None = None) -> None:
+        """Wait for the pump's event; with ``poll``, also for a sign of work in the queue (then
+        the next round trip claims again); with ``timeout``, at most that long."""
+        if not poll and timeout is None:
+            await self._pump_wake.wait()
             return
-        waiters: list[Awaitable[object]] = [self._stopping.wait(), self._wake.wait()]
-        if slot:
-            waiters.append(self._slot_free.wait())
-        if idle:
-            waiters.append(self.queue.wait_for_work(self.config.poll_time))
-        tasks = [asyncio.ensure_future(w) for w in waiters]
+        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._pump_wake.wait())]
+        if poll:
+            waiters.append(asyncio.ensure_future(self.queue.wait_for_work(self.config.poll_time)))
         try:
-            await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._wake.clear()
-        self._slot_free.clear()
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        if poll and waiters[1] in done:
+            self._queue_empty = False
+
+    def _fill_slots(self) -> None:
+        while self._backlog and len(self._running) < self.config.threads_max:
+            if self._stopping.is_set():
+                return
+            self._start(self._backlog.popleft())
 
     def _start(self, claim: Claim) -> None:
         task = asyncio.create_task(self._run_job(claim), name=f"job-{claim.job.id}")
         self._running[task] = claim
-        self._unfinished[claim.job.id] = claim
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
-        self._slot_free.set()
-        self._any.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed", exc_info=task.exception())
+        self._fill_slots()
+        self._pump_wake.set()
 
     async def _run_job(self, claim: Claim) -> None:
         start = time.perf_counter()
@@ -221,43 +329,7 @@ class Worker:
             result = Result.failed(claim.job.id, "invalid_job", claim.problem)
         else:
             result = await self.caller.run(claim.job, attempts_before=claim.attempt - 1)
-        await asyncio.shield(self._complete(claim, result, time.perf_counter() - start))
-
-    async def _complete(self, claim: Claim, result: Result, seconds: float) -> None:
-        """Hand the result to the writer and wait until it is stored (or journaled)."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._results.append((claim, result, seconds, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_results(), name="result-writer")
-        await done
-
-    async def _write_results(self) -> None:
-        """Group commit: every result that finished while the last write ran goes in the next
-        one, so a busy agent pays for one queue transaction per batch instead of per job."""
-        while self._results:
-            batch, self._results = self._results, []
-            error: QueueError | None = None
-            fenced: set[tuple[str, int]] = set()
-            try:
-                lost = await self.queue.complete([(c, r) for c, r, _, _ in batch])
-                fenced = {(c.job.id, c.token) for c in lost}
-            except QueueError as exc:
-                error = exc
-            except Exception as exc:  # noqa: BLE001 - a bug here must not strand the batch
-                log.exception("storing %d result(s) failed", len(batch))
-                error = QueueError(f"storing results failed: {exc!r}")
-            for claim, result, seconds, done in batch:
-                try:
-                    self._unfinished.pop(claim.job.id, None)
-                    if error is not None:
-                        await self._keep(claim, result, error)
-                    else:
-                        self._account(claim, result, seconds, (claim.job.id, claim.token) in fenced)
-                except Exception:  # noqa: BLE001 - one result's trouble must not strand the rest
-                    log.exception("job %s: storing its result failed", claim.job.id)
-                finally:
-                    if not done.done():
-                        done.set_result(None)
+        self._results.append((claim, result, time.perf_counter() - start))
 
     def _account(self, claim: Claim, result: Result, seconds: float, fenced: bool) -> None:
         if fenced:
@@ -334,8 +406,9 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._writer is not None:  # results already made are stored, not given back
-            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._results:  # results already made are stored (or journaled), not given back
+            results, self._results = self._results, []
+            await self.store(results)
         unfinished = list(self._unfinished.values())
         if not unfinished:
             return
@@ -352,7 +425,7 @@ class Worker:
         interval = max(0.1, self.config.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            claims = list(self._running.values())
+            claims = list(self._unfinished.values())
             if not claims:
                 continue
             try:

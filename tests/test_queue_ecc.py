@@ -148,7 +148,7 @@ async def test_outage_keeps_results_in_the_journal_until_the_instance_returns(
         await engine.close()
         instance.outage = True
         worker = Worker(config, queue, engine.caller, burst=True, journal=journal)
-        await worker._complete(claim, result, 0.1)
+        await worker.store([(claim, result, 0.1)])
         assert worker.stats.journaled == 1 and instance.answers_to(sys_id) == []
         journal.close()
         journal = Journal(tmp_path / "journal.db")  # a restart in between loses nothing

@@ -32,7 +32,7 @@ import asyncpg
 
 from ..errors import QueueError
 from ..jobs import Job, Result
-from .base import Claim, JobStatus, Queue, claim_of, redact_url
+from .base import Claim, JobStatus, Queue, claim_of, dumps, redact_url
 
 log = logging.getLogger("agent.queues.postgres")
 
@@ -288,7 +288,7 @@ class PostgresQueue(Queue):
     async def enqueue(self, jobs: list[Job]) -> list[str]:
         if jobs:
             ids = [j.id for j in jobs]
-            bodies = [json.dumps(j.to_dict()) for j in jobs]
+            bodies = [dumps(j.to_dict()) for j in jobs]
             await self._db("enqueue", lambda pool: pool.execute(ENQUEUE, ids, bodies, CHANNEL))
         return [j.id for j in jobs]
 
@@ -318,7 +318,7 @@ class PostgresQueue(Queue):
             [c.job.id for c in claims],
             [c.token for c in claims],
             [r.state for _, r in results],
-            [json.dumps(r.to_dict()) for _, r in results],
+            [dumps(r.to_dict()) for _, r in results],
         )
         rows = await self._db("complete", lambda pool: pool.fetch(COMPLETE, *args))
         return _fenced(claims, rows)

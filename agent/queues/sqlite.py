@@ -16,14 +16,14 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import QueueError
 from ..jobs import Job, Result
-from .base import Claim, JobStatus, Queue, claim_of
+from .base import Claim, Exchange, JobStatus, Queue, claim_of, dumps
 
 T = TypeVar("T")
 
@@ -176,7 +176,7 @@ class SqliteQueue(Queue):
     # -- operations --------------------------------------------------------------------------
 
     async def enqueue(self, jobs: list[Job]) -> list[str]:
-        rows = [(j.id, json.dumps(j.to_dict())) for j in jobs]
+        rows = [(j.id, dumps(j.to_dict())) for j in jobs]
 
         def insert(db: sqlite3.Connection) -> None:
             now = time.time()
@@ -188,41 +188,49 @@ class SqliteQueue(Queue):
         await self._run(self._transaction, insert)
         return [j.id for j in jobs]
 
-    async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
-        if limit <= 0:
+    @staticmethod
+    def _take(
+        db: sqlite3.Connection, agent: str, limit: int, lease_seconds: float
+    ) -> list[tuple[str, str, int, int]]:
+        now = time.time()
+        seqs = [
+            r[0]
+            for r in db.execute(
+                "SELECT seq FROM jobs WHERE state = 'processing' AND lease_until < ?"
+                " ORDER BY lease_until LIMIT ?",
+                (now, limit),
+            )
+        ]
+        seqs += [
+            r[0]
+            for r in db.execute(
+                "SELECT seq FROM jobs WHERE state = 'ready' ORDER BY seq LIMIT ?",
+                (limit - len(seqs),),
+            )
+        ]
+        if not seqs:
             return []
+        marks = ",".join("?" * len(seqs))
+        rows: list[tuple[str, str, int, int]] = db.execute(
+            "UPDATE jobs SET state = 'processing', token = token + 1, attempt = attempt + 1,"
+            f" agent = ?, lease_until = ?, updated = ? WHERE seq IN ({marks})"
+            " RETURNING id, job, token, attempt",
+            (agent, now + lease_seconds, now, *seqs),
+        ).fetchall()
+        return rows
 
-        def take(db: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
-            now = time.time()
-            seqs = [
-                r[0]
-                for r in db.execute(
-                    "SELECT seq FROM jobs WHERE state = 'processing' AND lease_until < ?"
-                    " ORDER BY lease_until LIMIT ?",
-                    (now, limit),
-                )
-            ]
-            seqs += [
-                r[0]
-                for r in db.execute(
-                    "SELECT seq FROM jobs WHERE state = 'ready' ORDER BY seq LIMIT ?",
-                    (limit - len(seqs),),
-                )
-            ]
-            if not seqs:
-                return []
-            marks = ",".join("?" * len(seqs))
-            return db.execute(
-                "UPDATE jobs SET state = 'processing', token = token + 1, attempt = attempt + 1,"
-                f" agent = ?, lease_until = ?, updated = ? WHERE seq IN ({marks})"
-                " RETURNING id, job, token, attempt",
-                (agent, now + lease_seconds, now, *seqs),
-            ).fetchall()
-
-        rows = await self._run(self._transaction, take, False)
+    def _claims(self, rows: list[tuple[str, str, int, int]]) -> list[Claim]:
         if rows:
             self._last_work = time.monotonic()
         return [claim_of(job_id, body, token, att) for job_id, body, token, att in rows]
+
+    async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
+        if limit <= 0:
+            return []
+        rows = await self._run(
+            self._transaction, lambda db: self._take(db, agent, limit, lease_seconds), False
+        )
+        return self._claims(rows)
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
         def extend(db: sqlite3.Connection) -> list[Claim]:
@@ -240,21 +248,42 @@ class SqliteQueue(Queue):
 
         return await self._run(self._transaction, extend, False) if claims else []
 
-    async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
-        def store(db: sqlite3.Connection) -> list[Claim]:
-            now = time.time()
-            fenced = []
-            for claim, result in results:
-                cur = db.execute(
-                    "UPDATE jobs SET state = ?, result = ?, lease_until = NULL, updated = ?"
-                    " WHERE id = ? AND token = ? AND state = 'processing'",
-                    (result.state, json.dumps(result.to_dict()), now, claim.job.id, claim.token),
-                )
-                if cur.rowcount == 0:
-                    fenced.append(claim)
-            return fenced
+    @staticmethod
+    def _store(db: sqlite3.Connection, rows: Sequence[tuple[Claim, str, str]]) -> list[Claim]:
+        now = time.time()
+        fenced = []
+        for claim, state, text in rows:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, result = ?, lease_until = NULL, updated = ?"
+                " WHERE id = ? AND token = ? AND state = 'processing'",
+                (state, text, now, claim.job.id, claim.token),
+            )
+            if cur.rowcount == 0:
+                fenced.append(claim)
+        return fenced
 
-        return await self._run(self._transaction, store) if results else []
+    async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
+        if not results:
+            return []
+        rows = [(c, r.state, dumps(r.to_dict())) for c, r in results]
+        return await self._run(self._transaction, lambda db: self._store(db, rows))
+
+    async def exchange(
+        self,
+        results: list[tuple[Claim, Result]],
+        agent: str,
+        limit: int,
+        lease_seconds: float,
+    ) -> Exchange:
+        """Results and the next claims in one transaction: one fsync for both."""
+        rows = [(c, r.state, dumps(r.to_dict())) for c, r in results]
+
+        def both(db: sqlite3.Connection) -> tuple[list[Claim], list[tuple[str, str, int, int]]]:
+            fenced = self._store(db, rows) if rows else []
+            return fenced, self._take(db, agent, limit, lease_seconds) if limit > 0 else []
+
+        fenced, taken = await self._run(self._transaction, both, bool(rows))
+        return Exchange(fenced, self._claims(taken))
 
     async def release(self, claims: list[Claim]) -> None:
         def give_back(db: sqlite3.Connection) -> None:
