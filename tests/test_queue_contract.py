@@ -193,6 +193,33 @@ async def test_stale_token_is_fenced_out(leased_queue: Queue) -> None:
     assert status is not None and status.state == "processed"
 
 
+async def test_a_fenced_claim_in_a_batch_leaves_the_others_stored(leased_queue: Queue) -> None:
+    queue = leased_queue
+    await queue.enqueue([job("lapses"), job("stays")])
+    (stale,) = await queue.claim("agent-1", 1, 0.1)
+    (mine,) = await queue.claim("agent-1", 1, 60)
+    (current,) = await reclaim(queue, "agent-2", 0.1)
+    assert current.job.id == "lapses"
+    assert await queue.complete([done(stale), done(mine, "error")]) == [stale]
+    lapsed, stayed = await queue.status("lapses"), await queue.status("stays")
+    assert lapsed is not None and (lapsed.state, lapsed.result) == ("processing", None)
+    assert stayed is not None and stayed.state == "error" and stayed.result is not None
+
+
+async def test_exchange_stores_results_then_claims_the_next_jobs(queue: Queue) -> None:
+    await queue.enqueue([job(f"x-{i}") for i in range(4)])
+    (first,) = await queue.claim("agent-1", 1, 60)
+    done_now = await queue.exchange([done(first)], "agent-1", 2, 60)
+    assert done_now.fenced == [] and done_now.claim_error is None
+    assert [c.job.id for c in done_now.claims] == ["x-1", "x-2"]
+    status = await queue.status("x-0")
+    assert status is not None and status.state == "processed"
+    assert status.result is not None and status.result.body == "ok"
+    rest = await queue.exchange([], "agent-1", 5, 60)
+    assert [c.job.id for c in rest.claims] == ["x-3"]
+    assert (await queue.exchange([], "agent-1", 5, 60)).claims == []
+
+
 async def test_release_returns_the_job_without_counting_an_attempt(queue: Queue) -> None:
     await queue.enqueue([job("given-back")])
     (claim,) = await queue.claim("agent-1", 1, 60)

@@ -52,11 +52,23 @@ def dumps(obj: object) -> str:
 def claim_of(job_id: str, body: str | bytes, token: int, attempt: int) -> Claim:
     """The claim for a stored job row, or one carrying the reason it is not a usable job."""
     try:
-        return Claim(Job.from_dict(orjson.loads(body)), token, attempt)
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return unusable(job_id, token, attempt, f"the stored job is not JSON ({exc})")
+    return claim_from(job_id, raw, token, attempt)
+
+
+def claim_from(job_id: str, raw: object, token: int, attempt: int) -> Claim:
+    """``claim_of`` for a job already parsed."""
+    try:
+        return Claim(Job.from_dict(raw), token, attempt)
     except JobError as exc:
-        problem = exc.message
-    except (ValueError, TypeError) as exc:  # not JSON at all (orjson.JSONDecodeError included)
-        problem = f"the stored job is not JSON ({exc})"
+        return unusable(job_id, token, attempt, exc.message)
+    except (ValueError, TypeError) as exc:
+        return unusable(job_id, token, attempt, f"the stored job cannot be read ({exc})")
+
+
+def unusable(job_id: str, token: int, attempt: int, problem: str) -> Claim:
     placeholder = Job(id=job_id, topic="RESTProbe", endpoint="")
     return Claim(placeholder, token, attempt, problem=f"stored job {job_id!r}: {problem}")
 

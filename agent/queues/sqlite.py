@@ -21,9 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from ..errors import QueueError
 from ..jobs import Job, Result
-from .base import Claim, Exchange, JobStatus, Queue, claim_of, dumps
+from .base import Claim, Exchange, JobStatus, Queue, claim_from, dumps, unusable
 
 T = TypeVar("T")
 
@@ -55,6 +57,43 @@ def sqlite_path(url: str, base_dir: Path) -> Path:
         raise QueueError(f"url {url!r}: write sqlite:///path/to/file.db")
     return base_dir / rest[1:]
 
+
+# Claimable jobs: lapsed leases first, then ready ones in order; a JSON array of their seq.
+SELECT_CLAIMABLE = """
+SELECT json_group_array(seq) FROM (
+    SELECT seq FROM (
+        SELECT seq, 0 AS pass, lease_until AS rank FROM (
+            SELECT seq, lease_until FROM jobs
+            WHERE state = 'processing' AND lease_until < ?1 ORDER BY lease_until LIMIT ?2)
+        UNION ALL
+        SELECT seq, 1, seq FROM (
+            SELECT seq FROM jobs WHERE state = 'ready' ORDER BY seq LIMIT ?2)
+    ) ORDER BY pass, rank LIMIT ?2
+)
+"""
+MARK_CLAIMED = """
+UPDATE jobs SET state = 'processing', token = token + 1, attempt = attempt + 1,
+    agent = ?, lease_until = ?, updated = ?
+WHERE seq IN (SELECT value FROM json_each(?))
+"""
+READ_CLAIMED = """
+SELECT json_group_array(json_array(
+    seq, id, json_valid(job), CASE WHEN json_valid(job) THEN json(job) ELSE job END, token,
+    attempt))
+FROM jobs WHERE seq IN (SELECT value FROM json_each(?))
+"""
+# A batch of [id, token, state, result]; a claim fenced out (token moved on) matches no row.
+STORE_RESULTS = """
+UPDATE jobs SET
+    state = json_extract(r.value, '$[2]'),
+    result = json_extract(r.value, '$[3]'),
+    lease_until = NULL,
+    updated = ?1
+FROM json_each(?2) AS r
+WHERE jobs.id = json_extract(r.value, '$[0]')
+    AND jobs.token = json_extract(r.value, '$[1]')
+    AND jobs.state = 'processing'
+"""
 
 WAKE_POLL_MIN = 0.002  # seconds between looks for another process's commit, just after work
 WAKE_POLL_MAX = 0.05  # ... and after a quiet while
@@ -91,6 +130,7 @@ class SqliteQueue(Queue):
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.executescript(SCHEMA)
+        db.execute("PRAGMA busy_timeout = 0")  # writers wait in _begin's finer retries
         self._db = db
 
     async def close(self) -> None:
@@ -131,23 +171,19 @@ class SqliteQueue(Queue):
         sub-millisecond transaction of the CLI or another agent could cost a job 10 ms or more;
         here the retries start at 0.1 ms. The overall bound stays BUSY_TIMEOUT_MS.
         """
-        db.execute("PRAGMA busy_timeout = 0")
-        try:
-            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-            pause = 0.0001
-            while True:
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if db.in_transaction or "locked" not in str(exc):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.005)
-        finally:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.0001
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if db.in_transaction or "locked" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
 
     # -- wake-ups ----------------------------------------------------------------------------
 
@@ -189,48 +225,43 @@ class SqliteQueue(Queue):
         return [j.id for j in jobs]
 
     @staticmethod
-    def _take(
-        db: sqlite3.Connection, agent: str, limit: int, lease_seconds: float
-    ) -> list[tuple[str, str, int, int]]:
-        now = time.time()
-        seqs = [
-            r[0]
-            for r in db.execute(
-                "SELECT seq FROM jobs WHERE state = 'processing' AND lease_until < ?"
-                " ORDER BY lease_until LIMIT ?",
-                (now, limit),
-            )
-        ]
-        seqs += [
-            r[0]
-            for r in db.execute(
-                "SELECT seq FROM jobs WHERE state = 'ready' ORDER BY seq LIMIT ?",
-                (limit - len(seqs),),
-            )
-        ]
-        if not seqs:
-            return []
-        marks = ",".join("?" * len(seqs))
-        rows: list[tuple[str, str, int, int]] = db.execute(
-            "UPDATE jobs SET state = 'processing', token = token + 1, attempt = attempt + 1,"
-            f" agent = ?, lease_until = ?, updated = ? WHERE seq IN ({marks})"
-            " RETURNING id, job, token, attempt",
-            (agent, now + lease_seconds, now, *seqs),
-        ).fetchall()
-        return rows
+    def _take(db: sqlite3.Connection, agent: str, limit: int, lease_seconds: float) -> bytes:
+        """Claim up to ``limit`` jobs (lapsed leases first, then the oldest ready ones).
 
-    def _claims(self, rows: list[tuple[str, str, int, int]]) -> list[Claim]:
+        Three statements whatever the count, each answering one row: the sqlite3 module lets
+        go of the GIL around every step of a statement, and getting it back while the event
+        loop is busy can take a switch interval (5 ms), so a statement or a row per job would
+        make the round trip as slow as the jobs are many. Returns a JSON array of
+        ``[seq, id, is_json, job, token, attempt]``, ``job`` being the stored object (or the
+        stored text when it is not JSON).
+        """
+        now = time.time()
+        (seqs,) = db.execute(SELECT_CLAIMABLE, (now, limit)).fetchone()
+        if seqs == "[]":
+            return b"[]"
+        db.execute(MARK_CLAIMED, (agent, now + lease_seconds, now, seqs))
+        (rows,) = db.execute(READ_CLAIMED, (seqs,)).fetchone()
+        return str(rows).encode()
+
+    def _claims(self, taken: bytes) -> list[Claim]:
+        rows = orjson.loads(taken)
         if rows:
             self._last_work = time.monotonic()
-        return [claim_of(job_id, body, token, att) for job_id, body, token, att in rows]
+            rows.sort()  # oldest first
+        return [
+            claim_from(job_id, raw, token, att)
+            if is_json
+            else unusable(job_id, token, att, "the stored job is not JSON")
+            for _, job_id, is_json, raw, token, att in rows
+        ]
 
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
         if limit <= 0:
             return []
-        rows = await self._run(
+        taken = await self._run(
             self._transaction, lambda db: self._take(db, agent, limit, lease_seconds), False
         )
-        return self._claims(rows)
+        return self._claims(taken)
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
         def extend(db: sqlite3.Connection) -> list[Claim]:
@@ -249,14 +280,26 @@ class SqliteQueue(Queue):
         return await self._run(self._transaction, extend, False) if claims else []
 
     @staticmethod
-    def _store(db: sqlite3.Connection, rows: Sequence[tuple[Claim, str, str]]) -> list[Claim]:
+    def _store(db: sqlite3.Connection, results: Sequence[tuple[Claim, Result]]) -> list[Claim]:
+        """Store results in one statement (see ``_take`` for why); returns the fenced claims.
+
+        When some claim was fenced out (rare: its lease lapsed and another agent took the job),
+        the batch is stored again row by row to tell which.
+        """
         now = time.time()
+        batch = dumps([[c.job.id, c.token, r.state, r.to_dict()] for c, r in results])
+        db.execute("SAVEPOINT store")
+        if db.execute(STORE_RESULTS, (now, batch)).rowcount == len(results):
+            db.execute("RELEASE store")
+            return []
+        db.execute("ROLLBACK TO store")
+        db.execute("RELEASE store")
         fenced = []
-        for claim, state, text in rows:
+        for claim, result in results:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, result = ?, lease_until = NULL, updated = ?"
                 " WHERE id = ? AND token = ? AND state = 'processing'",
-                (state, text, now, claim.job.id, claim.token),
+                (result.state, dumps(result.to_dict()), now, claim.job.id, claim.token),
             )
             if cur.rowcount == 0:
                 fenced.append(claim)
@@ -265,8 +308,7 @@ class SqliteQueue(Queue):
     async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
         if not results:
             return []
-        rows = [(c, r.state, dumps(r.to_dict())) for c, r in results]
-        return await self._run(self._transaction, lambda db: self._store(db, rows))
+        return await self._run(self._transaction, lambda db: self._store(db, results))
 
     async def exchange(
         self,
@@ -276,13 +318,12 @@ class SqliteQueue(Queue):
         lease_seconds: float,
     ) -> Exchange:
         """Results and the next claims in one transaction: one fsync for both."""
-        rows = [(c, r.state, dumps(r.to_dict())) for c, r in results]
 
-        def both(db: sqlite3.Connection) -> tuple[list[Claim], list[tuple[str, str, int, int]]]:
-            fenced = self._store(db, rows) if rows else []
-            return fenced, self._take(db, agent, limit, lease_seconds) if limit > 0 else []
+        def both(db: sqlite3.Connection) -> tuple[list[Claim], bytes]:
+            fenced = self._store(db, results) if results else []
+            return fenced, self._take(db, agent, limit, lease_seconds) if limit > 0 else b"[]"
 
-        fenced, taken = await self._run(self._transaction, both, bool(rows))
+        fenced, taken = await self._run(self._transaction, both, bool(results))
         return Exchange(fenced, self._claims(taken))
 
     async def release(self, claims: list[Claim]) -> None:
