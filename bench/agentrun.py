@@ -42,6 +42,7 @@ def write_config(
     profiles: int = 1,
     url: str | None = None,
     poll: float = 0.2,
+    workers: int = 1,
 ) -> Path:
     """config.xml with profiles ``p0``..``p{n-1}``, all presenting the bench client certificate.
 
@@ -56,6 +57,7 @@ def write_config(
         "mid.poll.time": str(poll),
         "agent.resolve": f"{HOST}:127.0.0.1",
         "agent.lease.seconds": "300",
+        "agent.workers": str(workers),
     }
     for i in range(profiles):
         params[f"{PROFILE_PREFIX}.p{i}.path"] = str(pki.client_crt)
