@@ -58,3 +58,18 @@ async def test_wait_for_work_returns_when_another_connection_commits(tmp_path: P
     finally:
         await daemon_side.close()
         await cli_side.close()
+
+
+async def test_a_commit_between_an_empty_claim_and_the_wait_is_not_missed(tmp_path: Path) -> None:
+    """The worker claims, finds nothing, then waits: an enqueue landing in between must wake it."""
+    daemon_side, cli_side = SqliteQueue(tmp_path / "q.db"), SqliteQueue(tmp_path / "q.db")
+    await daemon_side.open()
+    await cli_side.open()
+    try:
+        assert await daemon_side.claim("agent", 5, 60) == []
+        await cli_side.enqueue([job("in-between")])
+        await asyncio.wait_for(daemon_side.wait_for_work(60), 10)  # not the whole 60 s
+        assert [c.job.id for c in await daemon_side.claim("agent", 5, 60)] == ["in-between"]
+    finally:
+        await daemon_side.close()
+        await cli_side.close()

@@ -58,9 +58,10 @@ def sqlite_path(url: str, base_dir: Path) -> Path:
     return base_dir / rest[1:]
 
 
-# Claimable jobs: lapsed leases first, then ready ones in order; a JSON array of their seq.
+# Claimable jobs: lapsed leases first, then ready ones in order; a JSON array of their seq,
+# and the data_version (other connections' commits) the claim saw.
 SELECT_CLAIMABLE = """
-SELECT json_group_array(seq) FROM (
+SELECT json_group_array(seq), (SELECT data_version FROM pragma_data_version) FROM (
     SELECT seq FROM (
         SELECT seq, 0 AS pass, lease_until AS rank FROM (
             SELECT seq, lease_until FROM jobs
@@ -106,6 +107,7 @@ class SqliteQueue(Queue):
         self._db: sqlite3.Connection | None = None
         self._durable = True
         self._last_work = 0.0  # monotonic time of the last claim that returned jobs
+        self._claimed_version: int | None = None  # data_version seen by the last claim
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
 
     def __repr__(self) -> str:
@@ -194,9 +196,14 @@ class SqliteQueue(Queue):
         commits, and reading it is a cheap in-memory check. It is looked at every
         WAKE_POLL_MIN while jobs came in the last BUSY_WINDOW (work tends to keep coming), then
         less and less often, up to WAKE_POLL_MAX, so an idle agent costs next to nothing.
+
+        The version compared against is the one the last claim saw while it held the write
+        lock, so a commit landing between that claim and this wait still counts.
         """
         deadline = time.monotonic() + timeout
-        start = await self._run(self._data_version)
+        start = self._claimed_version
+        if start is None:
+            start = await self._run(self._data_version)
         delay = WAKE_POLL_MIN
         while (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(delay, left))
@@ -224,8 +231,7 @@ class SqliteQueue(Queue):
         await self._run(self._transaction, insert)
         return [j.id for j in jobs]
 
-    @staticmethod
-    def _take(db: sqlite3.Connection, agent: str, limit: int, lease_seconds: float) -> bytes:
+    def _take(self, db: sqlite3.Connection, agent: str, limit: int, lease_seconds: float) -> bytes:
         """Claim up to ``limit`` jobs (lapsed leases first, then the oldest ready ones).
 
         Three statements whatever the count, each answering one row: the sqlite3 module lets
@@ -236,7 +242,8 @@ class SqliteQueue(Queue):
         stored text when it is not JSON).
         """
         now = time.time()
-        (seqs,) = db.execute(SELECT_CLAIMABLE, (now, limit)).fetchone()
+        (seqs, version) = db.execute(SELECT_CLAIMABLE, (now, limit)).fetchone()
+        self._claimed_version = version
         if seqs == "[]":
             return b"[]"
         db.execute(MARK_CLAIMED, (agent, now + lease_seconds, now, seqs))
