@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import Any
+
+import orjson
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -45,7 +47,7 @@ class JSONFormatter(logging.Formatter):
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             out["exc"] = record.exc_text
-        return json.dumps(out, default=str)
+        return orjson.dumps(out, default=str).decode()
 
 
 class _Handoff(logging.handlers.QueueHandler):
@@ -61,7 +63,51 @@ class _Handoff(logging.handlers.QueueHandler):
         return record
 
 
-_listener: logging.handlers.QueueListener | None = None
+class _Writer:
+    """The daemon's log writer thread: takes records off the queue, formats them, and writes
+    whatever has gathered in one write and one flush (a busy agent logs a line per job)."""
+
+    _STOP = object()
+
+    def __init__(self, records: queue.SimpleQueue[Any], handler: logging.StreamHandler[Any]):
+        self.records = records
+        self.handler = handler
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write out what is queued, then end the thread."""
+        self.records.put(self._STOP)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.records.get()]
+            while True:
+                try:
+                    batch.append(self.records.get_nowait())
+                except queue.Empty:
+                    break
+            lines = [self._line(r) for r in batch if r is not self._STOP]
+            if lines:
+                try:
+                    self.handler.stream.write("".join(lines))
+                    self.handler.flush()
+                except Exception:  # noqa: BLE001 - a closed stderr must not kill the thread
+                    pass
+            if any(r is self._STOP for r in batch):
+                return
+
+    def _line(self, record: logging.LogRecord) -> str:
+        try:
+            return self.handler.format(record) + "\n"
+        except Exception:  # noqa: BLE001 - one unformattable record must not lose the rest
+            return f"unformattable log record from {record.name}: {record.msg!r}\n"
+
+
+_listener: _Writer | None = None
 
 
 def _stop_listener() -> None:
@@ -91,8 +137,8 @@ def setup_logging(level: str, *, json_lines: bool | None = None, background: boo
         logging.logThreads = False
         logging.logProcesses = False
         logging.logMultiprocessing = False
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        _listener = logging.handlers.QueueListener(records, handler)
+        records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        _listener = _Writer(records, handler)
         _listener.start()
         atexit.register(_stop_listener)
         root.handlers[:] = [_Handoff(records)]
