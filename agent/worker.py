@@ -27,6 +27,7 @@ from .queues.base import Claim, Queue
 log = logging.getLogger("agent.worker")
 
 QUEUE_BACKOFF_CAP = 30.0
+PREFETCH_MAX_FACTOR = 10  # the backlog grows to at most this many times threads.max
 JOURNAL_RETRY = 5.0
 
 
@@ -68,8 +69,8 @@ class Worker:
     """A pipeline of three parts that never wait on one another:
 
     - up to ``threads.max`` job tasks, each running one call;
-    - a backlog of claimed jobs (as many again), so a freed slot starts its next job at once
-      instead of waiting for a round trip to the queue;
+    - a backlog of claimed jobs (``threads.max`` of them, more while round trips to the queue
+      are slow), so a freed slot starts its next job at once instead of waiting for one;
     - one queue task that, per round trip, stores every result finished since the last one
       and claims enough jobs to fill the slots and the backlog (``Queue.exchange``: a single
       transaction where the backend allows).
@@ -105,6 +106,8 @@ class Worker:
         self._aborting = False
         self._pump_wake = asyncio.Event()  # results to store, free room, a wake-up or a stop
         self._queue_empty = False  # the last claim got fewer jobs than it asked for
+        self._prefetch = config.threads_max
+        self._started = 0  # jobs started so far
         self._heartbeat: asyncio.Task[None] | None = None
         self._queue_failures = 0
         self._journal_waiting = journal is not None  # results may wait from an earlier run
@@ -136,8 +139,22 @@ class Worker:
 
     @property
     def prefetch(self) -> int:
-        """Claimed jobs kept waiting for a slot."""
-        return self.config.threads_max
+        """Claimed jobs kept waiting for a slot (see ``_adapt_prefetch``)."""
+        return self._prefetch
+
+    def _adapt_prefetch(self, started: int) -> None:
+        """Size the backlog to cover the slowest recent round trips at the pace jobs start.
+
+        ``started`` jobs left the backlog while the last round trip ran. Trips vary: each
+        waits for the write lock, which other agent processes share, and for a disk flush, so
+        one slow trip in many would leave the slots without work. The backlog grows at once to
+        four trips' worth and shrinks by 1% a trip, down to ``threads.max``: a quiet queue
+        does not hold jobs back from other agents (or strand them for a lease period if this
+        one dies) for nothing.
+        """
+        floor = self.config.threads_max
+        cap = floor * PREFETCH_MAX_FACTOR
+        self._prefetch = min(cap, max(floor, 4 * started, int(self._prefetch * 0.99)))
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -199,7 +216,7 @@ class Worker:
     ) -> None:
         """One exchange with the queue. On failure the results go to the journal and, unless
         shutting down (``back_off`` false), the next round trip waits a growing, jittered time."""
-        start = time.perf_counter()
+        start, started = time.perf_counter(), self._started
         try:
             done = await self.queue.exchange(
                 [(c, r) for c, r, _ in results],
@@ -220,6 +237,8 @@ class Worker:
             if back_off:
                 await self._back_off(None)
             return
+        if want:
+            self._adapt_prefetch(self._started - started)
         fenced = {(c.job.id, c.token) for c in done.fenced}
         for claim, result, seconds in results:
             self._unfinished.pop(claim.job.id, None)
@@ -313,6 +332,7 @@ class Worker:
     def _start(self, claim: Claim) -> None:
         task = asyncio.create_task(self._run_job(claim), name=f"job-{claim.job.id}")
         self._running[task] = claim
+        self._started += 1
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:

@@ -187,7 +187,6 @@ class SoapBackend(Managed):
             self._thread.join(5)
 
 
-
 @contextmanager
 def soap_nginx(pki: ServerPKI, directory: Path, backend: SoapBackend) -> Iterator[Nginx]:
     """nginx (``sni_port`` layout) in front of ``backend``; its TLS port is ``ports[0]``.

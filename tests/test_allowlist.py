@@ -131,9 +131,7 @@ async def run_job(config: Path, job: Job) -> dict[str, object]:
 async def test_denied_host_ends_without_a_connection(
     tmp_path: Path, pki: PKI, listener: Listener
 ) -> None:
-    config = profile_config(
-        tmp_path, pki, listener.port, **{PARAMETER: "beta.test,127.0.0.0/8"}
-    )
+    config = profile_config(tmp_path, pki, listener.port, **{PARAMETER: "beta.test,127.0.0.0/8"})
     job = {
         "id": "denied-name",
         "topic": "RESTProbe",

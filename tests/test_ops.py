@@ -254,9 +254,9 @@ def healthcheck_command() -> list[str]:
 
 
 @pytest.fixture
-async def served(tmp_path: Path, pki: PKI, mtls_server: DemoServer) -> AsyncIterator[
-    tuple[Path, str, asyncio.subprocess.Process]
-]:
+async def served(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> AsyncIterator[tuple[Path, str, asyncio.subprocess.Process]]:
     port = free_port()
     config = profile_config(
         tmp_path, pki, mtls_server.port, **{"agent.health.listen": f"127.0.0.1:{port}"}

@@ -58,30 +58,31 @@ def sqlite_path(url: str, base_dir: Path) -> Path:
     return base_dir / rest[1:]
 
 
-# Claimable jobs: lapsed leases first, then ready ones in order; a JSON array of their seq,
-# and the data_version (other connections' commits) the claim saw.
-SELECT_CLAIMABLE = """
-SELECT json_group_array(seq), (SELECT data_version FROM pragma_data_version) FROM (
+# Claim: lapsed leases first, then ready jobs in order, up to ?4. The rows this claim marked
+# are the ones it stamped with its own time (?2) and lease (?3): the write lock it holds keeps
+# every other transaction's stamp different.
+MARK_CLAIMED = """
+UPDATE jobs SET state = 'processing', token = token + 1, attempt = attempt + 1,
+    agent = ?1, lease_until = ?3, updated = ?2
+WHERE seq IN (
     SELECT seq FROM (
         SELECT seq, 0 AS pass, lease_until AS rank FROM (
             SELECT seq, lease_until FROM jobs
-            WHERE state = 'processing' AND lease_until < ?1 ORDER BY lease_until LIMIT ?2)
+            WHERE state = 'processing' AND lease_until < ?2 ORDER BY lease_until LIMIT ?4)
         UNION ALL
         SELECT seq, 1, seq FROM (
-            SELECT seq FROM jobs WHERE state = 'ready' ORDER BY seq LIMIT ?2)
-    ) ORDER BY pass, rank LIMIT ?2
+            SELECT seq FROM jobs WHERE state = 'ready' ORDER BY seq LIMIT ?4)
+    ) ORDER BY pass, rank LIMIT ?4
 )
 """
-MARK_CLAIMED = """
-UPDATE jobs SET state = 'processing', token = token + 1, attempt = attempt + 1,
-    agent = ?, lease_until = ?, updated = ?
-WHERE seq IN (SELECT value FROM json_each(?))
-"""
+# ... and what it marked, with the data_version (other connections' commits) it saw.
 READ_CLAIMED = """
 SELECT json_group_array(json_array(
-    seq, id, json_valid(job), CASE WHEN json_valid(job) THEN json(job) ELSE job END, token,
-    attempt))
-FROM jobs WHERE seq IN (SELECT value FROM json_each(?))
+        seq, id, json_valid(job), CASE WHEN json_valid(job) THEN json(job) ELSE job END,
+        token, attempt)),
+    (SELECT data_version FROM pragma_data_version)
+FROM jobs
+WHERE state = 'processing' AND lease_until = ?3 AND updated = ?2 AND agent = ?1
 """
 # A batch of [id, token, state, result]; a claim fenced out (token moved on) matches no row.
 STORE_RESULTS = """
@@ -94,6 +95,14 @@ FROM json_each(?2) AS r
 WHERE jobs.id = json_extract(r.value, '$[0]')
     AND jobs.token = json_extract(r.value, '$[1]')
     AND jobs.state = 'processing'
+"""
+# After STORE_RESULTS stored fewer rows than given: the ids it did not store (fenced out).
+NOT_STORED = """
+SELECT json_group_array(json_extract(r.value, '$[0]')) FROM json_each(?2) AS r
+WHERE NOT EXISTS (
+    SELECT 1 FROM jobs WHERE jobs.id = json_extract(r.value, '$[0]')
+        AND jobs.token = json_extract(r.value, '$[1]') AND jobs.updated = ?1
+        AND jobs.state = json_extract(r.value, '$[2]'))
 """
 
 WAKE_POLL_MIN = 0.002  # seconds between looks for another process's commit, just after work
@@ -234,20 +243,18 @@ class SqliteQueue(Queue):
     def _take(self, db: sqlite3.Connection, agent: str, limit: int, lease_seconds: float) -> bytes:
         """Claim up to ``limit`` jobs (lapsed leases first, then the oldest ready ones).
 
-        Three statements whatever the count, each answering one row: the sqlite3 module lets
-        go of the GIL around every step of a statement, and getting it back while the event
-        loop is busy can take a switch interval (5 ms), so a statement or a row per job would
-        make the round trip as slow as the jobs are many. Returns a JSON array of
+        Two statements whatever the count, the second answering one row: the sqlite3 module
+        lets go of the GIL around every step of a statement, and getting it back while the
+        event loop is busy can take a switch interval (5 ms), so a statement or a row per job
+        would make the round trip as slow as the jobs are many. Returns a JSON array of
         ``[seq, id, is_json, job, token, attempt]``, ``job`` being the stored object (or the
         stored text when it is not JSON).
         """
         now = time.time()
-        (seqs, version) = db.execute(SELECT_CLAIMABLE, (now, limit)).fetchone()
+        until = now + lease_seconds
+        db.execute(MARK_CLAIMED, (agent, now, until, limit))
+        (rows, version) = db.execute(READ_CLAIMED, (agent, now, until)).fetchone()
         self._claimed_version = version
-        if seqs == "[]":
-            return b"[]"
-        db.execute(MARK_CLAIMED, (agent, now + lease_seconds, now, seqs))
-        (rows,) = db.execute(READ_CLAIMED, (seqs,)).fetchone()
         return str(rows).encode()
 
     def _claims(self, taken: bytes) -> list[Claim]:
@@ -291,26 +298,15 @@ class SqliteQueue(Queue):
         """Store results in one statement (see ``_take`` for why); returns the fenced claims.
 
         When some claim was fenced out (rare: its lease lapsed and another agent took the job),
-        the batch is stored again row by row to tell which.
+        one more statement tells which.
         """
         now = time.time()
         batch = dumps([[c.job.id, c.token, r.state, r.to_dict()] for c, r in results])
-        db.execute("SAVEPOINT store")
         if db.execute(STORE_RESULTS, (now, batch)).rowcount == len(results):
-            db.execute("RELEASE store")
             return []
-        db.execute("ROLLBACK TO store")
-        db.execute("RELEASE store")
-        fenced = []
-        for claim, result in results:
-            cur = db.execute(
-                "UPDATE jobs SET state = ?, result = ?, lease_until = NULL, updated = ?"
-                " WHERE id = ? AND token = ? AND state = 'processing'",
-                (result.state, dumps(result.to_dict()), now, claim.job.id, claim.token),
-            )
-            if cur.rowcount == 0:
-                fenced.append(claim)
-        return fenced
+        (missing,) = db.execute(NOT_STORED, (now, batch)).fetchone()
+        lost = set(orjson.loads(missing))
+        return [c for c, _ in results if c.job.id in lost]
 
     async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
         if not results:
