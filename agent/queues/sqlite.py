@@ -105,7 +105,7 @@ WHERE NOT EXISTS (
         AND jobs.state = json_extract(r.value, '$[2]'))
 """
 
-WAKE_POLL_MIN = 0.002  # seconds between looks for another process's commit, just after work
+WAKE_POLL_MIN = 0.001  # seconds between looks for another process's commit, just after work
 WAKE_POLL_MAX = 0.05  # ... and after a quiet while
 BUSY_WINDOW = 1.0  # seconds after the last claimed job during which the look stays frequent
 
