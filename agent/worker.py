@@ -69,8 +69,8 @@ class Worker:
     """A pipeline of three parts that never wait on one another:
 
     - up to ``threads.max`` job tasks, each running one call;
-    - a backlog of claimed jobs (``threads.max`` of them, more while round trips to the queue
-      are slow), so a freed slot starts its next job at once instead of waiting for one;
+    - a backlog of claimed jobs, as many as start during a few round trips to the queue, so a
+      freed slot starts its next job at once instead of waiting for one;
     - one queue task that, per round trip, stores every result finished since the last one
       and claims enough jobs to fill the slots and the backlog (``Queue.exchange``: a single
       transaction where the backend allows).
@@ -89,7 +89,9 @@ class Worker:
         on_result: JobHook | None = None,
         journal: Journal | None = None,
         on_claim: ClaimHook | None = None,
+        prefetch: int = 0,
     ) -> None:
+        """``prefetch``: the backlog to start with; it adapts from there."""
         self.config = config
         self.queue = queue
         self.caller = caller
@@ -106,7 +108,7 @@ class Worker:
         self._aborting = False
         self._pump_wake = asyncio.Event()  # results to store, free room, a wake-up or a stop
         self._queue_empty = False  # the last claim got fewer jobs than it asked for
-        self._prefetch = config.threads_max
+        self._prefetch = prefetch  # follows the pace (see _adapt_prefetch)
         self._started = 0  # jobs started so far
         self._heartbeat: asyncio.Task[None] | None = None
         self._queue_failures = 0
@@ -148,13 +150,12 @@ class Worker:
         ``started`` jobs left the backlog while the last round trip ran. Trips vary: each
         waits for the write lock, which other agent processes share, and for a disk flush, so
         one slow trip in many would leave the slots without work. The backlog grows at once to
-        four trips' worth and shrinks by 1% a trip, down to ``threads.max``: a quiet queue
-        does not hold jobs back from other agents (or strand them for a lease period if this
-        one dies) for nothing.
+        four trips' worth and shrinks by 1% a trip. Slow jobs (few starts per trip) keep it
+        near empty, so jobs are not held back from other agents, or stranded for a lease
+        period if this one dies, for nothing.
         """
-        floor = self.config.threads_max
-        cap = floor * PREFETCH_MAX_FACTOR
-        self._prefetch = min(cap, max(floor, 4 * started, int(self._prefetch * 0.99)))
+        cap = self.config.threads_max * PREFETCH_MAX_FACTOR
+        self._prefetch = min(cap, max(4 * started, int(self._prefetch * 0.99)))
 
     # ------------------------------------------------------------------------------ lifecycle
 

@@ -124,33 +124,6 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     assert set((await states(config, ids)).values()) == {"processed"}
 
 
-async def test_sigterm_returns_claimed_jobs_that_had_not_started(
-    tmp_path: Path, pki: PKI, mtls_server: DemoServer
-) -> None:
-    """The agent claims ahead of its free slots; a stop gives those claims back at once, while
-    the jobs in flight are still draining."""
-    config = profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "2"})
-    ids = [f"ahead-{i}" for i in range(6)]
-    jobs = [job(i, mtls_server.port, "/slow?seconds=60") for i in ids]
-    await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
-    daemon = await start_daemon(config)
-    try:
-        await asyncio.wait_for(mtls_server.started.wait(), 30)
-        daemon.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(log_line(daemon, "had not started"), 30)
-        during = await states(config, ids)
-        assert daemon.returncode is None  # still draining
-        running = {i for i, state in during.items() if state == "processing"}
-        assert 1 <= len(running) <= 2 and {during[i] for i in set(ids) - running} == {"ready"}
-        daemon.send_signal(signal.SIGTERM)  # abort the drain: the two come back too
-        assert await asyncio.wait_for(daemon.wait(), 30) == 0
-    finally:
-        if daemon.returncode is None:
-            daemon.kill()
-            await daemon.wait()
-    assert set((await states(config, ids)).values()) == {"ready"}
-
-
 async def test_second_signal_returns_unfinished_jobs(
     tmp_path: Path, pki: PKI, mtls_server: DemoServer
 ) -> None:

@@ -1,0 +1,78 @@
+"""The worker's pipeline in process: claims ahead of its slots, and gives them back on a stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from agent.config import load_config
+from agent.demoserver import DemoServer
+from agent.jobs import Job
+from agent.queues.sqlite import SqliteQueue
+from agent.runtime import Engine
+from agent.worker import Worker
+from tests.conftest import PKI, profile_config
+
+
+def slow_job(job_id: str, port: int) -> Job:
+    return Job.from_dict(
+        {
+            "id": job_id,
+            "topic": "RESTProbe",
+            "endpoint": f"https://alpha.test:{port}/slow?seconds=60",
+            "protocol_profile": "partner",
+        }
+    )
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    """Poll a queue-side condition (no event tells the test when another component wrote)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_stop_gives_back_claimed_jobs_that_had_not_started_while_others_drain(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    config = load_config(
+        profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "2"}), env={}
+    )
+    queue = SqliteQueue(tmp_path / "queue.db")
+    await queue.open()
+    engine = Engine(config)
+    ids = [f"ahead-{i}" for i in range(6)]
+    await queue.enqueue([slow_job(i, mtls_server.port) for i in ids])
+    worker = Worker(config, queue, engine.caller, prefetch=2)  # two claimed beyond the slots
+    serving = asyncio.create_task(worker.serve())
+
+    async def states() -> dict[str, str]:
+        found = {i: await queue.status(i) for i in ids}
+        return {i: s.state for i, s in found.items() if s is not None}
+
+    async def two_running() -> bool:
+        return mtls_server.in_flight == 2
+
+    try:
+        await until(two_running, "two jobs in flight")
+        assert list((await states()).values()).count("processing") == 4  # 2 running, 2 ahead
+        worker.request_stop()
+
+        async def backlog_returned() -> bool:
+            return list((await states()).values()).count("ready") == 4
+
+        await until(backlog_returned, "the unstarted claims back in the queue")
+        assert not serving.done() and mtls_server.in_flight == 2  # still draining the two
+        assert worker.stats.released == 2
+        worker.request_stop()  # abort: the two in flight go back too
+        stats = await asyncio.wait_for(serving, 30)
+    finally:
+        if not serving.done():
+            serving.cancel()
+        await engine.close()
+    assert stats.released == 4 and stats.processed == 0
+    assert set((await states()).values()) == {"ready"}
+    await queue.close()
