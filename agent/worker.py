@@ -1,8 +1,9 @@
 """The daemon's main loop: claim, run, report; drain on the first stop, abort on the second.
 
-``serve → startup → main_loop → shutdown``. Signal handlers only call ``request_stop``. Every
-task started here is tracked; result writes run under ``asyncio.shield`` so a stop cannot cut
-them in half. ``burst=True`` stops once the queue is empty and nothing is running (tests, demo).
+``serve`` runs the queue task (``_pump``) until a stop, drains, then stores what finished and
+gives back what did not. Signal handlers only call ``request_stop``. Every task started here is
+tracked; job tasks never write to the queue themselves, so cancelling one cannot cut a write in
+half. ``burst=True`` stops once the queue is empty and nothing is running (tests, demo).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Worker:
         self._pump_wake = asyncio.Event()  # results to store, free room, a wake-up or a stop
         self._queue_empty = False  # the last claim got fewer jobs than it asked for
         self._prefetch = prefetch  # follows the pace (see _adapt_prefetch)
-        self._started = 0  # jobs started so far
+        self._freed = 0  # slots freed so far (jobs finished or given up)
         self._heartbeat: asyncio.Task[None] | None = None
         self._queue_failures = 0
         self._journal_waiting = journal is not None  # results may wait from an earlier run
@@ -144,18 +145,19 @@ class Worker:
         """Claimed jobs kept waiting for a slot (see ``_adapt_prefetch``)."""
         return self._prefetch
 
-    def _adapt_prefetch(self, started: int) -> None:
+    def _adapt_prefetch(self, freed: int) -> None:
         """Size the backlog to cover the slowest recent round trips at the pace jobs start.
 
-        ``started`` jobs left the backlog while the last round trip ran. Trips vary: each
+        ``freed`` slots came free while the last round trip ran: that many jobs could have
+        started then, had the backlog held them. Trips vary: each
         waits for the write lock, which other agent processes share, and for a disk flush, so
         one slow trip in many would leave the slots without work. The backlog grows at once to
-        four trips' worth and shrinks by 1% a trip. Slow jobs (few starts per trip) keep it
+        four trips' worth and shrinks by 1% a trip. Slow jobs (few finish per trip) keep it
         near empty, so jobs are not held back from other agents, or stranded for a lease
         period if this one dies, for nothing.
         """
         cap = self.config.threads_max * PREFETCH_MAX_FACTOR
-        self._prefetch = min(cap, max(4 * started, int(self._prefetch * 0.99)))
+        self._prefetch = min(cap, max(4 * freed, int(self._prefetch * 0.99)))
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -217,7 +219,7 @@ class Worker:
     ) -> None:
         """One exchange with the queue. On failure the results go to the journal and, unless
         shutting down (``back_off`` false), the next round trip waits a growing, jittered time."""
-        start, started = time.perf_counter(), self._started
+        start, freed = time.perf_counter(), self._freed
         try:
             done = await self.queue.exchange(
                 [(c, r) for c, r, _ in results],
@@ -239,7 +241,7 @@ class Worker:
                 await self._back_off(None)
             return
         if want:
-            self._adapt_prefetch(self._started - started)
+            self._adapt_prefetch(self._freed - freed)
         fenced = {(c.job.id, c.token) for c in done.fenced}
         for claim, result, seconds in results:
             self._unfinished.pop(claim.job.id, None)
@@ -333,11 +335,11 @@ class Worker:
     def _start(self, claim: Claim) -> None:
         task = asyncio.create_task(self._run_job(claim), name=f"job-{claim.job.id}")
         self._running[task] = claim
-        self._started += 1
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._freed += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed", exc_info=task.exception())
         self._fill_slots()

@@ -76,3 +76,35 @@ async def test_a_stop_gives_back_claimed_jobs_that_had_not_started_while_others_
     assert stats.released == 4 and stats.processed == 0
     assert set((await states()).values()) == {"ready"}
     await queue.close()
+
+
+async def test_a_busy_worker_claims_ahead_and_runs_everything(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    """Quick jobs free slots during every round trip to the queue: the backlog must grow to
+    cover them (it starts empty), and every job still runs exactly once."""
+    config = load_config(
+        profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "4"}), env={}
+    )
+    queue = SqliteQueue(tmp_path / "queue.db")
+    await queue.open()
+    engine = Engine(config)
+    ids = [f"quick-{i}" for i in range(300)]
+    url = f"https://alpha.test:{mtls_server.port}/echo"
+    await queue.enqueue(
+        [
+            Job.from_dict(
+                {"id": i, "topic": "RESTProbe", "endpoint": url, "protocol_profile": "partner"}
+            )
+            for i in ids
+        ]
+    )
+    worker = Worker(config, queue, engine.caller, burst=True)
+    try:
+        stats = await asyncio.wait_for(worker.serve(), 120)
+    finally:
+        await engine.close()
+    assert worker.prefetch > 0
+    assert (stats.processed, stats.errors, stats.claimed) == (300, 0, 300)
+    assert sorted(mtls_server.seen) == sorted(ids) and set(mtls_server.seen.values()) == {1}
+    await queue.close()
