@@ -180,7 +180,8 @@ class SqliteQueue(Queue):
 
         SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, so a collision with a
         sub-millisecond transaction of the CLI or another agent could cost a job 10 ms or more;
-        here the retries start at 0.1 ms. The overall bound stays BUSY_TIMEOUT_MS.
+        here the retries start at 0.1 ms and are never more than 1 ms apart (the holder is
+        usually flushing a commit to disk). The overall bound stays BUSY_TIMEOUT_MS.
         """
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         pause = 0.0001
@@ -194,7 +195,7 @@ class SqliteQueue(Queue):
                 if time.monotonic() > deadline:
                     raise
             time.sleep(pause)
-            pause = min(pause * 2, 0.005)
+            pause = min(pause * 2, 0.001)
 
     # -- wake-ups ----------------------------------------------------------------------------
 
