@@ -419,48 +419,34 @@ def targets(s: Settings, f: Figures) -> list[str]:
         shown = "n/a" if value is None else fmt.format(value)
         lines.append(f"{verdict}  {label}: {shown}")
 
+    def at_least(label: str, over: str, under: str, floor: float) -> None:
+        check(f"{label} >= {floor:g}", ratio(over, under), lambda v: v >= floor, "{:.2f}")
+
     best = "warm.agent.workers" if f.get("warm.agent.workers") is not None else "warm.agent.sqlite"
     shape = f"{s.workers} processes" if best == "warm.agent.workers" else "one process"
-    check(
-        f"warm agent(SQLite, {shape}) / bare aiohttp >= 0.8",
-        ratio(best, "warm.aiohttp"),
-        lambda v: v >= 0.8,
-        "{:.2f}",
-    )
-    check(
-        f"warm agent(SQLite, {shape}) / requests pool >= 5",
-        ratio(best, "warm.requests"),
-        lambda v: v >= 5,
-        "{:.2f}",
-    )
+    at_least(f"warm agent(SQLite, {shape}) / bare aiohttp", best, "warm.aiohttp", 0.8)
+    at_least(f"warm agent(SQLite, {shape}) / requests pool", best, "warm.requests", 5)
+    info: list[tuple[str, str, str, float]] = []
     if best != "warm.agent.sqlite":
-        check(
-            "warm agent(SQLite, one process) / bare aiohttp (info, >= 0.8)",
-            ratio("warm.agent.sqlite", "warm.aiohttp"),
-            lambda v: v >= 0.8,
-            "{:.2f}",
-        )
+        one = "warm agent(SQLite, one process) / bare aiohttp"
+        info.append((one, "warm.agent.sqlite", "warm.aiohttp", 0.8))
     if f.get("warm.agent.postgres") is not None:
-        check(
-            "warm agent(PostgreSQL) / bare aiohttp (info, >= 0.8)",
-            ratio("warm.agent.postgres", "warm.aiohttp"),
-            lambda v: v >= 0.8,
-            "{:.2f}",
+        info.append(
+            ("warm agent(PostgreSQL) / bare aiohttp", "warm.agent.postgres", "warm.aiohttp", 0.8)
         )
     cold = "cold.agent.workers" if f.get("cold.agent.workers") is not None else "cold.agent"
-    check(
-        f"cold agent({shape}) / bare aiohttp fresh connections >= 0.9",
-        ratio(cold, "cold.aiohttp"),
-        lambda v: v >= 0.9,
-        "{:.2f}",
-    )
+    at_least(f"cold agent({shape}) / bare aiohttp fresh connections", cold, "cold.aiohttp", 0.9)
     if cold != "cold.agent":
-        check(
-            "cold agent(one process) / bare aiohttp fresh connections (info, >= 0.9)",
-            ratio("cold.agent", "cold.aiohttp"),
-            lambda v: v >= 0.9,
-            "{:.2f}",
+        info.append(
+            (
+                "cold agent(one process) / bare aiohttp fresh connections",
+                "cold.agent",
+                "cold.aiohttp",
+                0.9,
+            )
         )
+    for label, over, under, floor in info:
+        at_least(f"{label} (info)", over, under, floor)
     a99, b99 = f.get("paced.agent.p99"), f.get("paced.aiohttp.p99")
     added = None if a99 is None or b99 is None else a99 - b99
     check("p99 added over the bare loop at half peak < 5 ms", added, lambda v: v < 5, "{:.1f} ms")

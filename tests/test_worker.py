@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import load_config
+import pytest
+
+from agent.config import AgentConfig, load_config
 from agent.demoserver import DemoServer
 from agent.jobs import Job
 from agent.queues.sqlite import SqliteQueue
@@ -27,6 +30,30 @@ def slow_job(job_id: str, port: int) -> Job:
     )
 
 
+@dataclass
+class Setup:
+    config: AgentConfig
+    queue: SqliteQueue
+    engine: Engine
+
+
+@pytest.fixture(params=[2])
+async def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> AsyncIterator[Setup]:
+    """An embedded queue and an engine for profile ``partner``; ``threads.max`` is the param."""
+    threads = str(request.param)
+    config = load_config(
+        profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": threads}), env={}
+    )
+    queue = SqliteQueue(tmp_path / "queue.db")
+    await queue.open()
+    engine = Engine(config)
+    yield Setup(config, queue, engine)
+    await engine.close()
+    await queue.close()
+
+
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
     """Poll a queue-side condition (no event tells the test when another component wrote)."""
     deadline = time.monotonic() + timeout
@@ -36,17 +63,12 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float 
 
 
 async def test_a_stop_gives_back_claimed_jobs_that_had_not_started_while_others_drain(
-    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+    setup: Setup, mtls_server: DemoServer
 ) -> None:
-    config = load_config(
-        profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "2"}), env={}
-    )
-    queue = SqliteQueue(tmp_path / "queue.db")
-    await queue.open()
-    engine = Engine(config)
+    queue = setup.queue
     ids = [f"ahead-{i}" for i in range(6)]
     await queue.enqueue([slow_job(i, mtls_server.port) for i in ids])
-    worker = Worker(config, queue, engine.caller, prefetch=2)  # two claimed beyond the slots
+    worker = Worker(setup.config, queue, setup.engine.caller, prefetch=2)  # two beyond the slots
     serving = asyncio.create_task(worker.serve())
 
     async def states() -> dict[str, str]:
@@ -72,26 +94,19 @@ async def test_a_stop_gives_back_claimed_jobs_that_had_not_started_while_others_
     finally:
         if not serving.done():
             serving.cancel()
-        await engine.close()
     assert stats.released == 4 and stats.processed == 0
     assert set((await states()).values()) == {"ready"}
-    await queue.close()
 
 
+@pytest.mark.parametrize("setup", [4], indirect=True)
 async def test_a_busy_worker_claims_ahead_and_runs_everything(
-    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+    setup: Setup, mtls_server: DemoServer
 ) -> None:
     """Quick jobs free slots during every round trip to the queue: the backlog must grow to
     cover them (it starts empty), and every job still runs exactly once."""
-    config = load_config(
-        profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "4"}), env={}
-    )
-    queue = SqliteQueue(tmp_path / "queue.db")
-    await queue.open()
-    engine = Engine(config)
     ids = [f"quick-{i}" for i in range(300)]
     url = f"https://alpha.test:{mtls_server.port}/echo"
-    await queue.enqueue(
+    await setup.queue.enqueue(
         [
             Job.from_dict(
                 {"id": i, "topic": "RESTProbe", "endpoint": url, "protocol_profile": "partner"}
@@ -99,12 +114,8 @@ async def test_a_busy_worker_claims_ahead_and_runs_everything(
             for i in ids
         ]
     )
-    worker = Worker(config, queue, engine.caller, burst=True)
-    try:
-        stats = await asyncio.wait_for(worker.serve(), 120)
-    finally:
-        await engine.close()
+    worker = Worker(setup.config, setup.queue, setup.engine.caller, burst=True)
+    stats = await asyncio.wait_for(worker.serve(), 120)
     assert worker.prefetch > 0
     assert (stats.processed, stats.errors, stats.claimed) == (300, 0, 300)
     assert sorted(mtls_server.seen) == sorted(ids) and set(mtls_server.seen.values()) == {1}
-    await queue.close()
