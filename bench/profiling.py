@@ -4,8 +4,10 @@ Three daemon runs over the same warm workload (kept-alive mTLS, embedded SQLite 
 
 1. plain, for the reference jobs/s;
 2. under cProfile in every thread (:mod:`bench.profiled`), stats in ``DIR/agent.prof``;
-3. under ``py-spy record`` (when installed) — a sampling profiler with little overhead that
-   also sees time spent in C (OpenSSL, SQLite) — raw stacks in ``DIR/pyspy.txt``.
+3. under ``py-spy record --gil`` (when installed) — a sampling profiler with little overhead
+   that also sees time spent in C (OpenSSL, SQLite); ``--gil`` keeps only the samples of the
+   thread holding the GIL, which is what bounds a Python process — raw stacks in
+   ``DIR/pyspy.txt``.
 
 It prints the top functions of each, by own time and by inclusive time.
 """
@@ -62,9 +64,23 @@ async def profile_warm(s: Settings, work: Path, out: Path) -> int:
             print("py-spy is not installed (pip install py-spy): no sampling profile")
             return 0
         raw = out / "pyspy.txt"
-        wrapper = [spy, "record", "-r", "200", "-f", "raw", "-o", str(raw), "--", py, "-m", "agent"]
+        wrapper = [
+            spy,
+            "record",
+            "--gil",
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--",
+            py,
+            "-m",
+            "agent",
+        ]
         rate = await _one("pyspy", work, pki, port, s, wrapper)
-        print(f"\nunder py-spy (200 Hz, active threads): {rate:,.0f} jobs/s; stacks in {raw}\n")
+        print(f"\nunder py-spy (200 Hz, GIL holder): {rate:,.0f} jobs/s; stacks in {raw}\n")
         print_pyspy(raw)
     return 0
 
@@ -95,7 +111,7 @@ def print_pyspy(path: Path) -> None:
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
-    print(f"py-spy: {total} samples of active threads")
+    print(f"py-spy: {total} samples of the thread holding the GIL")
     for title, counter in (("own time", own), ("inclusive time", inclusive)):
         print(f"\n  top by {title}:")
         for frame, count in counter.most_common(TOP):
