@@ -32,7 +32,7 @@ import asyncpg
 
 from ..errors import QueueError
 from ..jobs import Job, Result
-from .base import Claim, JobStatus, Queue, claim_of, dumps, redact_url
+from .base import Claim, Exchange, JobStatus, Queue, claim_of, dumps, redact_url
 
 log = logging.getLogger("agent.queues.postgres")
 
@@ -122,6 +122,20 @@ SET state = 'ready', lease_until = NULL, agent = NULL, attempt = j.attempt - 1, 
 FROM unnest($1::text[], $2::bigint[]) AS c(id, token)
 WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
 """
+
+
+def _complete_args(results: list[tuple[Claim, Result]]) -> tuple[list[Any], ...]:
+    return (
+        [c.job.id for c, _ in results],
+        [c.token for c, _ in results],
+        [r.state for _, r in results],
+        [dumps(r.to_dict()) for _, r in results],
+    )
+
+
+def _claims(rows: list[Any]) -> list[Claim]:
+    rows = sorted(rows, key=lambda row: row[4])  # RETURNING keeps no order
+    return [claim_of(row[0], row[1], row[2], row[3]) for row in rows]
 
 
 def _fenced(claims: list[Claim], rows: list[Any]) -> list[Claim]:
@@ -298,8 +312,7 @@ class PostgresQueue(Queue):
         rows = await self._db(
             "claim", lambda pool: pool.fetch(CLAIM, agent, float(lease_seconds), limit)
         )
-        rows = sorted(rows, key=lambda row: row[4])  # RETURNING keeps no order
-        return [claim_of(row[0], row[1], row[2], row[3]) for row in rows]
+        return _claims(rows)
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
         if not claims:
@@ -313,15 +326,30 @@ class PostgresQueue(Queue):
     async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
         if not results:
             return []
-        claims = [c for c, _ in results]
-        args = (
-            [c.job.id for c in claims],
-            [c.token for c in claims],
-            [r.state for _, r in results],
-            [dumps(r.to_dict()) for _, r in results],
+        rows = await self._db(
+            "complete", lambda pool: pool.fetch(COMPLETE, *_complete_args(results))
         )
-        rows = await self._db("complete", lambda pool: pool.fetch(COMPLETE, *args))
-        return _fenced(claims, rows)
+        return _fenced([c for c, _ in results], rows)
+
+    async def exchange(
+        self,
+        results: list[tuple[Claim, Result]],
+        agent: str,
+        limit: int,
+        lease_seconds: float,
+    ) -> Exchange:
+        """Results and the next claims in one transaction: one commit for both."""
+
+        async def both(pool: Any) -> tuple[list[Any], list[Any]]:
+            async with pool.acquire() as con, con.transaction():
+                stored = await con.fetch(COMPLETE, *_complete_args(results)) if results else []
+                taken = (
+                    await con.fetch(CLAIM, agent, float(lease_seconds), limit) if limit > 0 else []
+                )
+            return stored, taken
+
+        stored, taken = await self._db("exchange", both)
+        return Exchange(_fenced([c for c, _ in results], stored), _claims(taken))
 
     async def release(self, claims: list[Claim]) -> None:
         if claims:
