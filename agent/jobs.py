@@ -128,6 +128,9 @@ def _want(raw: dict[str, Any], name: str, kind: type | tuple[type, ...], what: s
     value = raw.get(name)
     if value is None:
         return None
+    exact = type(value)  # the common case, checked first: this runs ten times per claimed job
+    if exact is kind or (type(kind) is tuple and exact in kind):
+        return value
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
         raise JobError(name, f"must be {what}, got {value!r}")
     if not isinstance(value, kind):
