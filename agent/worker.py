@@ -9,6 +9,7 @@ half. ``burst=True`` stops once the queue is empty and nothing is running (tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -283,7 +284,9 @@ class Worker:
         delay = random.uniform(0, min(QUEUE_BACKOFF_CAP, 0.5 * 2**self._queue_failures))
         if exc is not None:
             log.error("queue unreachable (%s); retrying in %.1f s", exc, delay)
-        await self._idle(timeout=delay)
+        # Only a stop cuts the wait short: finishing jobs must not turn it into a tight retry.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _give_back_backlog(self) -> None:
         """Stopping: claimed jobs that never started go back to the queue at once."""
@@ -456,7 +459,20 @@ class Worker:
             except QueueError as exc:
                 log.error("cannot renew leases (%s)", exc)
                 continue
-            for claim in lost:
-                log.warning(
-                    "job %s: lease lost to another agent; its result will be dropped", claim.job.id
+            # A claim whose result was stored (or that was released) meanwhile is not lost.
+            lost = [c for c in lost if self._unfinished.get(c.job.id) is c]
+            gone = {(c.job.id, c.token) for c in lost}
+            dropped = {(c.job.id, c.token) for c in self._backlog} & gone
+            if dropped:  # not started yet: another agent has them, so they do not run here
+                self._backlog = deque(
+                    c for c in self._backlog if (c.job.id, c.token) not in dropped
                 )
+            for claim in lost:
+                if (claim.job.id, claim.token) in dropped:
+                    self._unfinished.pop(claim.job.id, None)
+                    log.warning("job %s: lease lost before it started; not run here", claim.job.id)
+                else:
+                    log.warning(
+                        "job %s: lease lost to another agent; its result will be dropped",
+                        claim.job.id,
+                    )
