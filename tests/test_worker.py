@@ -1,4 +1,5 @@
-"""The worker's pipeline in process: claims ahead of its slots, and gives them back on a stop."""
+"""The worker's pipeline in process: claims ahead of its slots, gives them back on a stop, and
+backs off from a queue that does not answer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pytest
 
 from agent.config import AgentConfig, load_config
 from agent.demoserver import DemoServer
-from agent.jobs import Job
+from agent.errors import QueueError
+from agent.jobs import Job, Result
+from agent.journal import Journal
+from agent.queues.base import Claim, Exchange
 from agent.queues.sqlite import SqliteQueue
 from agent.runtime import Engine
 from agent.worker import Worker
@@ -119,3 +123,70 @@ async def test_a_busy_worker_claims_ahead_and_runs_everything(
     assert worker.prefetch > 0
     assert (stats.processed, stats.errors, stats.claimed) == (300, 0, 300)
     assert sorted(mtls_server.seen) == sorted(ids) and set(mtls_server.seen.values()) == {1}
+
+
+class FailingQueue(SqliteQueue):
+    """The embedded queue, whose round trips fail while ``down`` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.down = False
+        self.failed_trips = 0
+
+    async def exchange(
+        self, results: list[tuple[Claim, Result]], agent: str, limit: int, lease_seconds: float
+    ) -> Exchange:
+        if self.down:
+            self.failed_trips += 1
+            raise QueueError("queue unreachable (an outage made by the test)")
+        return await super().exchange(results, agent, limit, lease_seconds)
+
+
+async def test_jobs_finishing_during_an_outage_do_not_cut_the_back_off_short(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(
+        profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "4"}), env={}
+    )
+    queue = FailingQueue(tmp_path / "queue.db")
+    await queue.open()
+    engine = Engine(config)
+    journal = Journal(tmp_path / "journal.db")
+    url = f"https://alpha.test:{mtls_server.port}/slow?seconds="
+    await queue.enqueue(
+        [
+            Job.from_dict(
+                {
+                    "id": f"out-{i}",
+                    "topic": "RESTProbe",
+                    "endpoint": f"{url}{0.2 + 0.4 * i}",  # they finish 0.4 s apart
+                    "protocol_profile": "partner",
+                }
+            )
+            for i in range(4)
+        ]
+    )
+    monkeypatch.setattr("agent.worker.random.uniform", lambda low, high: 30.0)  # a long back-off
+    worker = Worker(config, queue, engine.caller, journal=journal)
+    serving = asyncio.create_task(worker.serve())
+
+    async def all_running() -> bool:
+        return mtls_server.in_flight == 4
+
+    async def all_finished() -> bool:
+        return worker.in_flight == 0
+
+    try:
+        await until(all_running, "four jobs in flight")
+        queue.down = True
+        await until(all_finished, "the four jobs finished")
+        assert queue.failed_trips == 1  # the first result's trip failed; the back-off then held
+        worker.request_stop()  # a stop does cut it short: what finished goes to the journal
+        stats = await asyncio.wait_for(serving, 30)
+    finally:
+        if not serving.done():
+            serving.cancel()
+        await engine.close()
+    assert stats.journaled == 4 and len(await journal.pending()) == 4
+    journal.close()
+    await queue.close()
