@@ -71,13 +71,9 @@ class Prepared:
 ROUTES_PER_IDENTITY = 1024  # endpoints remembered per identity before the cache starts over
 
 
-def _target(job: Job, identity: Identity) -> tuple[str, str, int]:
-    """The https URL, host and port for a job (``<profile>://`` becomes https)."""
-    return _target_of(job.endpoint, identity.port)
-
-
-@functools.lru_cache(maxsize=4096)  # jobs repeat endpoints; parsing them showed in profiles
-def _target_of(endpoint: str, profile_port: int) -> tuple[str, str, int]:
+def _target(endpoint: str, profile_port: int) -> tuple[str, str, int]:
+    """The https URL, host and port for a job (``<profile>://`` becomes https). Worked out once
+    per route, so it needs no cache of its own."""
     parts = urlsplit(endpoint)
     host = parts.hostname or ""
     default_port = 443 if parts.scheme.lower() == "https" else profile_port
@@ -93,7 +89,7 @@ def _route(job: Job, identity: Identity, sni_enabled: bool) -> Route:
     route: Route | None = identity.routes.get(key)
     if route is not None:
         return route
-    url, host, port = _target(job, identity)
+    url, host, port = _target(job.endpoint, identity.port)
     choice = choose_sni(host, job=job.sni, profile=identity.sni, global_enabled=sni_enabled)
     route = Route(
         url=url,
@@ -201,7 +197,7 @@ class Caller:
         """One request. The job's timeout is aiohttp's total timeout: it covers connecting,
         the handshake, the request and reading the whole answer."""
         r = p.route
-        kwargs = proxy_args(self.config.proxy) if self.config.proxy is not None else {}
+        kwargs = proxy_args(self.config.proxy)
         if r.server_hostname:
             kwargs["server_hostname"] = r.server_hostname
         entry = self.transport.acquire(p.identity_key)

@@ -18,6 +18,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -234,11 +235,10 @@ def tls_details(protocol: object | None, base: TLSInfo) -> TLSInfo:
     if not isinstance(obj, ssl.SSLObject):
         return base
     cipher = obj.cipher()
-    return TLSInfo(
-        sni=base.sni,
+    return replace(
+        base,
         version=obj.version(),
         cipher=cipher[0] if cipher else None,
-        client_certificate=base.client_certificate,
         server_certificate=_subject(obj.getpeercert(binary_form=True)),
     )
 

@@ -309,30 +309,27 @@ class Worker:
             except Exception:  # noqa: BLE001 - a metrics hook must not stop the worker
                 log.exception("claim hook failed")
 
-    async def _idle(self, *, poll: bool = False, timeout: float | None = None) -> None:
+    async def _idle(self, *, poll: bool) -> None:
         """Wait for the pump's event; with ``poll``, also for a sign of work in the queue (then
-        the next round trip claims again); with ``timeout``, at most that long."""
-        if not poll and timeout is None:
+        the next round trip claims again)."""
+        if not poll:
             await self._pump_wake.wait()
             return
-        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._pump_wake.wait())]
-        if poll:
-            waiters.append(asyncio.ensure_future(self.queue.wait_for_work(self.config.poll_time)))
+        wake = asyncio.ensure_future(self._pump_wake.wait())
+        work = asyncio.ensure_future(self.queue.wait_for_work(self.config.poll_time))
         try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({wake, work}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
-        if poll and waiters[1] in done:
+            for waiter in (wake, work):
+                waiter.cancel()
+            await asyncio.gather(wake, work, return_exceptions=True)
+        if work.done() and not work.cancelled():
             self._queue_empty = False
 
     def _fill_slots(self) -> None:
+        if self._stopping.is_set():
+            return
         while self._backlog and len(self._running) < self.config.threads_max:
-            if self._stopping.is_set():
-                return
             self._start(self._backlog.popleft())
 
     def _start(self, claim: Claim) -> None:

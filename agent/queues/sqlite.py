@@ -241,7 +241,7 @@ class SqliteQueue(Queue):
         await self._run(self._transaction, insert)
         return [j.id for j in jobs]
 
-    def _take(self, db: sqlite3.Connection, agent: str, limit: int, lease_seconds: float) -> bytes:
+    def _take(self, db: sqlite3.Connection, agent: str, limit: int, lease_seconds: float) -> str:
         """Claim up to ``limit`` jobs (lapsed leases first, then the oldest ready ones).
 
         Two statements whatever the count, the second answering one row: the sqlite3 module
@@ -256,9 +256,9 @@ class SqliteQueue(Queue):
         db.execute(MARK_CLAIMED, (agent, now, until, limit))
         (rows, version) = db.execute(READ_CLAIMED, (agent, now, until)).fetchone()
         self._claimed_version = version
-        return str(rows).encode()
+        return str(rows)
 
-    def _claims(self, taken: bytes) -> list[Claim]:
+    def _claims(self, taken: str) -> list[Claim]:
         rows = orjson.loads(taken)
         if rows:
             self._last_work = time.monotonic()
@@ -323,9 +323,9 @@ class SqliteQueue(Queue):
     ) -> Exchange:
         """Results and the next claims in one transaction: one fsync for both."""
 
-        def both(db: sqlite3.Connection) -> tuple[list[Claim], bytes]:
+        def both(db: sqlite3.Connection) -> tuple[list[Claim], str]:
             fenced = self._store(db, results) if results else []
-            return fenced, self._take(db, agent, limit, lease_seconds) if limit > 0 else b"[]"
+            return fenced, self._take(db, agent, limit, lease_seconds) if limit > 0 else "[]"
 
         fenced, taken = await self._run(self._transaction, both, bool(results))
         return Exchange(fenced, self._claims(taken))
