@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from agent.jobs import Job
 from agent.queues.sqlite import SqliteQueue
@@ -45,31 +48,34 @@ async def test_a_write_lock_held_by_another_process_is_waited_out(tmp_path: Path
         await queue.close()
 
 
-async def test_wait_for_work_returns_when_another_connection_commits(tmp_path: Path) -> None:
+@pytest.fixture
+async def two_sides(tmp_path: Path) -> AsyncIterator[tuple[SqliteQueue, SqliteQueue]]:
+    """The daemon's connection to a queue file and the CLI's, as two processes would have."""
     daemon_side, cli_side = SqliteQueue(tmp_path / "q.db"), SqliteQueue(tmp_path / "q.db")
     await daemon_side.open()
     await cli_side.open()
-    try:
-        waiting = asyncio.create_task(daemon_side.wait_for_work(60))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        await cli_side.enqueue([job("wake")])
-        await asyncio.wait_for(waiting, 10)  # far below the 60 s it would otherwise wait
-    finally:
-        await daemon_side.close()
-        await cli_side.close()
+    yield daemon_side, cli_side
+    await daemon_side.close()
+    await cli_side.close()
 
 
-async def test_a_commit_between_an_empty_claim_and_the_wait_is_not_missed(tmp_path: Path) -> None:
+async def test_wait_for_work_returns_when_another_connection_commits(
+    two_sides: tuple[SqliteQueue, SqliteQueue],
+) -> None:
+    daemon_side, cli_side = two_sides
+    waiting = asyncio.create_task(daemon_side.wait_for_work(60))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await cli_side.enqueue([job("wake")])
+    await asyncio.wait_for(waiting, 10)  # far below the 60 s it would otherwise wait
+
+
+async def test_a_commit_between_an_empty_claim_and_the_wait_is_not_missed(
+    two_sides: tuple[SqliteQueue, SqliteQueue],
+) -> None:
     """The worker claims, finds nothing, then waits: an enqueue landing in between must wake it."""
-    daemon_side, cli_side = SqliteQueue(tmp_path / "q.db"), SqliteQueue(tmp_path / "q.db")
-    await daemon_side.open()
-    await cli_side.open()
-    try:
-        assert await daemon_side.claim("agent", 5, 60) == []
-        await cli_side.enqueue([job("in-between")])
-        await asyncio.wait_for(daemon_side.wait_for_work(60), 10)  # not the whole 60 s
-        assert [c.job.id for c in await daemon_side.claim("agent", 5, 60)] == ["in-between"]
-    finally:
-        await daemon_side.close()
-        await cli_side.close()
+    daemon_side, cli_side = two_sides
+    assert await daemon_side.claim("agent", 5, 60) == []
+    await cli_side.enqueue([job("in-between")])
+    await asyncio.wait_for(daemon_side.wait_for_work(60), 10)  # not the whole 60 s
+    assert [c.job.id for c in await daemon_side.claim("agent", 5, 60)] == ["in-between"]
