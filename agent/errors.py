@@ -122,7 +122,7 @@ class QueueError(AgentError):
 
 
 class CallError(AgentError):
-    """No answer came from the endpoint; ``kind`` is one of the contract's call kinds."""
+    """No complete, valid answer came from the endpoint; ``kind`` is one of the call kinds."""
 
     def __init__(self, kind: str, message: str) -> None:
         if kind not in ERROR_KINDS:

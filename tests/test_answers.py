@@ -308,6 +308,7 @@ async def test_a_400_about_the_client_certificate_carries_a_hint(
     if profile == "stranger":
         assert "CN=stranger" in result.hint and "trusts its issuer" in result.hint
     assert result.to_dict()["hint"] == result.hint
+    assert Result.from_dict(result.to_dict()).hint == result.hint  # as the queues store it
 
 
 async def test_an_ordinary_400_has_no_hint(nginx_engine: Engine, nginx_ports: NginxPorts) -> None:
