@@ -190,20 +190,25 @@ def _bad_answer(exc: BaseException, a: Attempt) -> CallError | None:
     if isinstance(cur, LineTooLong) or "too many headers" in cur.message.lower():
         return CallError(
             "response_too_large",
-            f"{where} answered with a head over the agent's bounds ({_first_line(cur.message)}; "
+            f"{where} answered with a head over the agent's bounds ({_parser_said(cur)}; "
             f"at most a {MAX_STATUS_LINE}-byte status line, {MAX_HEADERS} headers, "
             f"{MAX_FIELD} bytes per header name or value); {NOT_RETRIED}",
         )
     return CallError(
         "bad_response",
-        f"{where} sent an answer that is not valid HTTP ({_first_line(cur.message)}); "
-        + NOT_RETRIED,
+        f"{where} sent an answer that is not valid HTTP ({_parser_said(cur)}); " + NOT_RETRIED,
     )
 
 
-def _first_line(message: str, limit: int = 120) -> str:
-    line = message.strip().splitlines()[0] if message.strip() else "unreadable"
-    return line if len(line) <= limit else line[:limit] + "..."
+def _parser_said(err: HttpProcessingError) -> str:
+    """What aiohttp's parser objected to, without the bytes it quotes (they are the server's,
+    and may be a cookie)."""
+    if isinstance(err, LineTooLong):
+        limit = err.args[1] if len(err.args) > 1 else "?"
+        what = "a status line" if limit == MAX_STATUS_LINE else "a header name or value"
+        return f"{what} over {limit} bytes"
+    lines = err.message.strip().splitlines()
+    return lines[0].split(":", 1)[0].strip() if lines else err.__class__.__name__
 
 
 def _cut_off(exc: BaseException, a: Attempt) -> CallError:
@@ -223,9 +228,14 @@ def _cut_off(exc: BaseException, a: Attempt) -> CallError:
 
 def _cause(exc: BaseException) -> str:
     if isinstance(exc, HttpProcessingError):
-        return _first_line(exc.message)
+        return _parser_said(exc).rstrip(".")
     inner = exc.__cause__ if isinstance(exc, aiohttp.ClientPayloadError) else None
-    return (inner or exc).__class__.__name__
+    inner = inner or exc
+    if isinstance(inner, aiohttp.ServerDisconnectedError):
+        return "the server closed it"
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    return inner.__class__.__name__
 
 
 def request_error(exc: BaseException) -> JobError | None:
