@@ -1,7 +1,8 @@
 """Run one job: pick its identity and SNI, send the request, read a bounded answer, make a Result.
 
 ``Caller.run(job)`` never raises for a job's own trouble: every failure becomes a Result with an
-``error`` of the contract's kinds. Only cancellation propagates.
+``error`` of the contract's kinds. Only cancellation propagates. A failed attempt is retried only
+when its kind is one of ``RETRYABLE`` and no byte of an answer had arrived.
 """
 
 from __future__ import annotations
@@ -19,19 +20,30 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from .allowlist import AllowList, allow_list
-from .classify import Attempt, classify
+from .classify import NOT_RETRIED, Attempt, classify, client_cert_hint, request_error, trust_source
 from .config import AgentConfig, ProfileConfig
 from .credentials import Credentials, Identity
-from .errors import AgentError, CallError, TLSError
+from .errors import AgentError, CallError, JobError, TLSError
 from .jobs import InlineProfile, Job, Result, SoapFault, TLSInfo
 from .probe import peer_names
 from .soap import UsernameToken, build_request, parse_response
 from .tls import choose_sni, is_ip_literal
-from .transport import Transport, proxy_args
+from .transport import (
+    MAX_HEAD_BYTES,
+    Transport,
+    answer_started,
+    head_too_large,
+    mark_answered,
+    proxy_args,
+)
 
 log = logging.getLogger("agent.call")
 
-RETRYABLE = {"connect", "timeout", "tls_handshake", "dns"}
+RETRYABLE = {"connect", "timeout", "tls_handshake", "dns"}  # and only before any answer byte
+# Statuses with which servers tell of a missing or refused client certificate (nginx answers 400,
+# or its own 495 and 496; IIS 403.7), and what their page then says.
+CERT_STATUSES = frozenset({400, 403, 495, 496})
+CERT_PAGE_MARKERS = (b"ssl certificate", b"client certificate")
 TEXT_TYPES = (
     "text/",
     "application/json",
@@ -57,6 +69,7 @@ class Route:
     ssl: ssl.SSLContext
     tls: TLSInfo  # the result's tls block before the handshake adds version, cipher, peer
     attempt: Attempt
+    cert_hint: str  # a result's hint when the answer is about the client certificate
 
 
 @dataclass(slots=True)
@@ -91,6 +104,8 @@ def _route(job: Job, identity: Identity, sni_enabled: bool) -> Route:
         return route
     url, host, port = _target(job.endpoint, identity.port)
     choice = choose_sni(host, job=job.sni, profile=identity.sni, global_enabled=sni_enabled)
+    profile, inline = identity.profile, identity.key.startswith("inline:")
+    trust = trust_source(profile, inline, trusted=identity.material.trust is not None)
     route = Route(
         url=url,
         host=host,
@@ -98,7 +113,8 @@ def _route(job: Job, identity: Identity, sni_enabled: bool) -> Route:
         server_hostname=choice.send if choice.send and choice.send != host else None,
         ssl=identity.context(send_sni=choice.send is not None or is_ip_literal(host)),
         tls=TLSInfo(sni=choice.send, client_certificate=identity.client_subject),
-        attempt=Attempt(host, port, choice.send, identity.profile, identity.client_subject),
+        attempt=Attempt(host, port, choice.send, profile, identity.client_subject, trust),
+        cert_hint=client_cert_hint(profile, inline, identity.client_subject),
     )
     if len(identity.routes) >= ROUTES_PER_IDENTITY:
         identity.routes.clear()
@@ -124,9 +140,8 @@ class Caller:
         attempt = 0
         while True:
             attempt += 1
-            result = await self.run_once(job)
-            kind = result.error.kind if result.error else None
-            if kind not in RETRYABLE or attempt >= job.max_attempts:
+            result, retryable = await self._attempt(job)
+            if not retryable or attempt >= job.max_attempts:
                 break
             await asyncio.sleep(_backoff(attempt))
         result.attempts = attempts_before + attempt
@@ -134,23 +149,33 @@ class Caller:
         return result
 
     async def run_once(self, job: Job) -> Result:
+        return (await self._attempt(job))[0]
+
+    async def _attempt(self, job: Job) -> tuple[Result, bool]:
+        """One attempt: its Result, and whether it may be retried (it failed with a kind of
+        ``RETRYABLE`` before any byte of an answer arrived)."""
         start = time.perf_counter()
         prepared: Prepared | None = None
+        answered = False
         try:
             prepared = await self.prepare(job)
             result = await self._send(job, prepared)
         except AgentError as exc:
+            answered = answer_started()  # e.g. response_too_large
             tls = prepared.route.tls if prepared is not None else TLSInfo()  # e.g. denied by name
             result = Result.failed(job.id, exc.kind, exc.message, tls=tls)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+            answered = answer_started()
             if prepared is None:
                 log.exception("job %s: unexpected failure", job.id)
                 result = Result.failed(job.id, "connect", f"unexpected failure: {exc!r}")
             else:
-                err = await self._explained(_classified(exc, prepared.route), prepared.route)
-                result = Result.failed(job.id, err.kind, err.message, tls=prepared.route.tls)
+                r = prepared.route
+                err = await self._explained(_classified(exc, r, answered), r)
+                result = Result.failed(job.id, err.kind, err.message, tls=r.tls)
         result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
-        return result
+        kind = result.error.kind if result.error else None
+        return result, kind in RETRYABLE and not answered
 
     def check_destination(self, job: Job) -> None:
         """``agent.outbound.allow``, by name, before anything else happens for the job. The
@@ -163,7 +188,10 @@ class Caller:
     async def prepare(self, job: Job) -> Prepared:
         self.check_destination(job)
         identity = await self.credentials.for_job(job)
-        route = _route(job, identity, self.config.sni_enabled)
+        try:
+            route = _route(job, identity, self.config.sni_enabled)
+        except ValueError as exc:  # e.g. a port out of range
+            raise JobError("endpoint", f"not a usable URL: {exc}") from None
         headers = dict(job.headers)
         body = job.body
         if job.topic == "SOAPProbe":
@@ -181,7 +209,7 @@ class Caller:
             return None
         return UsernameToken(source.wss_username, source.wss_password, source.wss_password_type)
 
-    async def _explained(self, err: CallError, r: Route) -> CallError:
+    async def _explained(self, err: AgentError, r: Route) -> AgentError:
         """A hostname mismatch found by OpenSSL does not say what the certificate is for: look.
 
         One extra handshake, only on this failure, presenting no client certificate.
@@ -212,23 +240,40 @@ class Caller:
                 timeout=_timeout(job.timeout),
                 **kwargs,
             ) as resp:
-                tls = self.transport.observe(_protocol_of(resp), r.tls)
-                data = await _read_bounded(resp, self.config.max_response_bytes, r.host)
-                headers = {str(k): v for k, v in resp.headers.items()}  # plain keys, not istr
-                fault = _soap_fault(job, data, r.host) if job.topic == "SOAPProbe" else None
-                text = _as_text(data, resp.headers.get("Content-Type", ""), resp.charset)
-                return Result(
-                    id=job.id,
-                    state="processed",
-                    status=resp.status,
-                    headers=headers,
-                    body=text,
-                    body_base64=None if text is not None else base64.b64encode(data).decode(),
-                    soap_fault=fault,
-                    tls=tls,
-                )
+                try:
+                    return await self._answer(job, r, resp)
+                except BaseException:
+                    mark_answered()  # the head had come: whatever failed, do not retry
+                    raise
         finally:
             self.transport.release(entry)
+
+    async def _answer(self, job: Job, r: Route, resp: aiohttp.ClientResponse) -> Result:
+        """The Result of an answer whose head came: read its bounded body."""
+        if head_too_large(resp.raw_headers):
+            resp.close()
+            raise CallError(
+                "response_too_large",
+                f"{r.host}:{r.port} answered with more than {MAX_HEAD_BYTES} bytes of headers, "
+                f"the agent's bound; {NOT_RETRIED}",
+            )
+        tls = self.transport.observe(_protocol_of(resp), r.tls)
+        data = await _read_bounded(resp, self.config.max_response_bytes, r.host)
+        headers = {str(k): v for k, v in resp.headers.items()}  # plain keys, not istr
+        fault = _soap_fault(job, data, r.host) if job.topic == "SOAPProbe" else None
+        text = _as_text(data, resp.headers.get("Content-Type", ""), resp.charset)
+        status = resp.status
+        return Result(
+            id=job.id,
+            state="processed",
+            status=status,
+            headers=headers,
+            body=text,
+            body_base64=None if text is not None else base64.b64encode(data).decode(),
+            soap_fault=fault,
+            tls=tls,
+            hint=_cert_page_hint(status, data, r) if status in CERT_STATUSES else None,
+        )
 
 
 @functools.lru_cache(maxsize=64)
@@ -236,12 +281,24 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds)
 
 
-def _classified(exc: Exception, r: Route) -> CallError:
+def _classified(exc: Exception, r: Route, answered: bool) -> AgentError:
+    if not answered and (refused := request_error(exc)) is not None:
+        return refused  # aiohttp would not build the request from the job: nothing was sent
     try:
-        return classify(exc, r.attempt)
+        return classify(exc, r.attempt, answered)
     except Exception:  # noqa: BLE001 - an unforeseen failure still ends as a result
         log.exception("cannot classify a failure calling %s:%d", r.host, r.port)
-        return CallError("connect", f"call to {r.host}:{r.port} failed: {exc!r}")
+        kind = "bad_response" if answered else "connect"
+        return CallError(kind, f"call to {r.host}:{r.port} failed: {exc!r}")
+
+
+def _cert_page_hint(status: int, data: bytes, r: Route) -> str | None:
+    """A hint when a 400/403/495/496 page speaks of the client certificate (nginx: "400 No
+    required SSL certificate was sent", "400 The SSL certificate error")."""
+    page = data[:4096].lower()
+    if any(marker in page for marker in CERT_PAGE_MARKERS):
+        return f"the server answered {status} about the client certificate: {r.cert_hint}"
+    return None
 
 
 def _backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:

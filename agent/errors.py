@@ -16,7 +16,13 @@
         │                                                               hostname_mismatch,
         │                                                               client_certificate_rejected
         └── (plain CallError)                               kind: dns, connect, timeout,
-                                                              response_too_large, cancelled
+                                                              response_too_large, bad_response,
+                                                              cancelled
+
+``response_too_large``: the answer's body or head (status line, headers) is over a bound.
+``bad_response``: the answer started but is not valid HTTP, or the connection ended or failed
+in the middle of it. Neither is retried, nor is any failure once a byte of the answer arrived
+(the request reached the server and may have had effects).
 
 Messages say what to do and never carry a password, token or key bytes.
 """
@@ -39,6 +45,7 @@ ERROR_KINDS = frozenset(
         "client_certificate_rejected",
         "timeout",
         "response_too_large",
+        "bad_response",
         "cancelled",
     }
 )
@@ -115,7 +122,7 @@ class QueueError(AgentError):
 
 
 class CallError(AgentError):
-    """No answer came from the endpoint; ``kind`` is one of the contract's call kinds."""
+    """No complete, valid answer came from the endpoint; ``kind`` is one of the call kinds."""
 
     def __init__(self, kind: str, message: str) -> None:
         if kind not in ERROR_KINDS:

@@ -345,6 +345,7 @@ class Result:
     error: ErrorInfo | None = None
     soap_fault: SoapFault | None = None
     tls: TLSInfo = field(default_factory=TLSInfo)
+    hint: str | None = None  # for a processed answer whose status points at the client cert
 
     @classmethod
     def failed(cls, job_id: str, kind: str, message: str, **extra: Any) -> Result:
@@ -379,6 +380,7 @@ class Result:
                 "client_certificate": tls.client_certificate,
                 "server_certificate": tls.server_certificate,
             },
+            "hint": self.hint,
         }
         return out
 

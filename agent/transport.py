@@ -1,15 +1,23 @@
 """HTTP transport: one aiohttp session per credential identity, a resolver honouring
-``agent.resolve``, and retirement of sessions whose material was rotated.
+``agent.resolve``, retirement of sessions whose material was rotated, bounds on an answer's head,
+and a watch on whether a failed request's answer had started.
 
 Keeping a connector per identity means a kept-alive connection opened with one client
 certificate and trust store can only ever serve jobs of that identity (the pool key inside a
 connector also holds the SSL context and the SNI name, so SNI variants stay apart too). A retired
 identity's session is never handed out again and is closed once its last request finishes.
+
+Whether an answer had started decides whether a failed call may be retried: once a byte of the
+answer arrived, the request reached the server and may have had effects. Each connection's
+protocol notes that a byte arrived (one attribute store per chunk read); the connector clears the
+note when it hands the connection to a request. A failure with the note set marks the calling
+task (``answer_started``), and is never turned into one of aiohttp's own silent retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import socket
@@ -19,10 +27,13 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
 from cryptography import x509
 
 from .allowlist import AllowList
@@ -34,6 +45,88 @@ log = logging.getLogger("agent.transport")
 # costs some 60 KiB (OpenSSL and buffers); beyond this many in rotation, the least recently used
 # idle ones are closed and reconnect when next used.
 MAX_SESSIONS = 256
+
+# What an answer's head may hold. aiohttp's parser enforces the first three and the call checks
+# the total (``head_too_large``); an answer beyond them ends with ``response_too_large``. Real
+# answers carry a few KiB of headers (nginx's proxy buffer for them is 4-8 KiB).
+MAX_STATUS_LINE = 8 * 1024
+MAX_FIELD = 16 * 1024  # a header's name, and its value, each
+MAX_HEADERS = 100
+MAX_HEAD_BYTES = 256 * 1024
+# Up to this many headers cannot exceed MAX_HEAD_BYTES, so their total is not counted.
+_HEADERS_WITHIN = MAX_HEAD_BYTES // (2 * MAX_FIELD)
+
+_ANSWERED: contextvars.ContextVar[bool] = contextvars.ContextVar("answered", default=False)
+
+
+def answer_started() -> bool:
+    """Whether the calling task's request that just failed had started to get its answer.
+    Reading clears it, for the next attempt."""
+    if _ANSWERED.get():
+        _ANSWERED.set(False)
+        return True
+    return False
+
+
+def mark_answered() -> None:
+    """The calling task's request failed after its answer had started (e.g. reading the body)."""
+    _ANSWERED.set(True)
+
+
+def head_too_large(raw_headers: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """More header bytes than MAX_HEAD_BYTES (only counted when there are enough headers)."""
+    if len(raw_headers) <= _HEADERS_WITHIN:
+        return False
+    return sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEAD_BYTES
+
+
+class AnswerCutOff(aiohttp.ClientPayloadError):
+    """The connection ended, or failed, after the answer had started. Not a disconnect that
+    aiohttp retries on its own: the request may have had effects."""
+
+
+class _WatchedHandler(ResponseHandler):
+    """aiohttp's protocol, noting that a byte of an answer arrived."""
+
+    answered = False
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+        super().data_received(data)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """Connections whose protocol is a ``_WatchedHandler``, cleared for each request."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # aiohttp has no public hook for the protocol class; its connectors all build it here.
+        watched = functools.partial(_WatchedHandler, loop=self._loop)
+        self._factory = cast("functools.partial[ResponseHandler]", watched)
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        conn = await super().connect(req, traces, timeout)
+        if isinstance(proto := conn.protocol, _WatchedHandler):
+            proto.answered = False
+        return conn
+
+
+class _Response(aiohttp.ClientResponse):
+    """Reading the status line and headers: a failure after the answer had started marks the
+    task, and a disconnect then is not left for aiohttp to retry."""
+
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        proto = connection.protocol
+        try:
+            return await super().start(connection)
+        except BaseException as exc:
+            if isinstance(proto, _WatchedHandler) and proto.answered:
+                _ANSWERED.set(True)
+                if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
+                    raise AnswerCutOff(f"connection lost during the answer: {exc!r}") from exc
+            raise
 
 
 class StaticResolver(AbstractResolver):
@@ -145,7 +238,7 @@ class Transport:
                 log.exception("connection listener failed")
 
     def _new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
+        connector = _Connector(
             limit=0,
             resolver=AllowingResolver(StaticResolver(self.resolve), lambda: self.allow),
             ttl_dns_cache=10,
@@ -158,6 +251,10 @@ class Transport:
             trust_env=False,
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "mtls-forwarding-agent"},
+            response_class=_Response,
+            max_line_size=MAX_STATUS_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
         )
 
     def acquire(self, key: str) -> _Entry:

@@ -8,6 +8,7 @@ client certificate from the harness root CA.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -162,6 +163,60 @@ async def test_untrusted_server_names_the_issuer(engine: Engine, nginx_ports: Ng
     result = await call(engine, f"https://alpha.test:{nginx_ports.sni}/echo", "foreign")
     assert kind(result) == "certificate_verify", result.to_dict()
     assert result.error is not None and "truststore" in result.error.message
+
+
+def inline(pki: ServerPKI, trust_pem: bytes | None) -> dict[str, Any]:
+    """An inline record presenting client-one, trusting ``trust_pem`` (None: the system CAs)."""
+    keystore = pki.client_one.issued.pkcs12("inline-pass")
+    record: dict[str, Any] = {
+        "keystore": {
+            "type": "pkcs12",
+            "data_base64": base64.b64encode(keystore).decode(),
+            "password": "inline-pass",
+        }
+    }
+    if trust_pem is not None:
+        record["truststore_pem"] = trust_pem.decode()
+    return record
+
+
+@pytest.mark.parametrize(
+    ("how", "trust"),
+    [
+        ("profile", f"{P}.foreign.truststore"),
+        ("inline", "inline_profile.truststore_pem"),
+        ("inline without a truststore", "the system CAs (the job's inline_profile has no"),
+        ("no profile", "the system CAs (the job names no protocol_profile"),
+    ],
+)
+async def test_untrusted_server_names_the_trust_store_in_force(
+    engine: Engine, nginx_ports: NginxPorts, server_pki: ServerPKI, how: str, trust: str
+) -> None:
+    """The message names the parameter to change, not a placeholder."""
+    url = f"https://alpha.test:{nginx_ports.plain}/echo"
+    if how == "profile":
+        result = await call(engine, url, "foreign")
+    else:
+        job = {"id": "t", "topic": "RESTProbe", "endpoint": url}
+        if how.startswith("inline"):
+            pem = None if "without" in how else server_pki.stranger_ca_pem.read_bytes()
+            job["inline_profile"] = inline(server_pki, pem)
+        result = await engine.caller.run(Job.from_dict(job))
+    assert kind(result) == "certificate_verify", result.to_dict()
+    assert result.error is not None and trust in result.error.message
+    assert "<profile>.truststore" not in result.error.message or how == "no profile"
+
+
+async def test_an_address_the_certificate_does_not_list_is_a_hostname_mismatch(
+    engine: Engine, nginx_ports: NginxPorts
+) -> None:
+    """alpha.test's certificate lists only that name: calling 127.0.0.1 must not pass, and the
+    failure is the name, not the trust (the chain is trusted)."""
+    result = await call(engine, f"https://127.0.0.1:{nginx_ports.plain}/echo")
+    assert kind(result) == "hostname_mismatch", result.to_dict()
+    assert result.error is not None
+    assert "'127.0.0.1'" in result.error.message and "alpha.test" in result.error.message
+    assert "agent.resolve" in result.error.message
 
 
 async def test_hostname_mismatch_names_the_certificate_names(
