@@ -12,12 +12,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AgentConfig
+from .config import DEFAULT_MAX_JOB_BYTES, AgentConfig
 from .errors import AgentError, ConfigError, JobError
+from .intake import INPUT_JOBS_FACTOR, check_profiles, check_size, input_limit, json_items
 from .jobs import Job
 from .logs import setup_logging
 from .soap import build_request
@@ -35,47 +36,55 @@ def _load(args: argparse.Namespace) -> AgentConfig:
     return load_secure_config(_config_path(args))
 
 
-def _read_input(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
+def _read_input(name: str, limit: int) -> bytes:
+    """The job input, refused unread past ``limit`` bytes."""
     try:
-        return Path(name).read_text()
+        if name == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with Path(name).open("rb") as f:
+                data = f.read(limit + 1)
     except OSError as exc:
         raise JobError("(file)", f"cannot read {name}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise JobError(
+            "(input)",
+            f"is over {limit} bytes ({INPUT_JOBS_FACTOR} x agent.max_job_bytes): split it",
+        )
+    return data
 
 
-def parse_jobs(text: str) -> list[Job]:
-    """One job, a JSON array of jobs, or JSON lines; errors name the job and the field."""
-    stripped = text.strip()
-    if not stripped:
-        raise JobError("(input)", "no job given")
-    try:
-        data = json.loads(stripped)
-        items: list[Any] = data if isinstance(data, list) else [data]
-        where = "job #{}"
-    except json.JSONDecodeError as exc:
-        items, where = [], "line {}"
-        for line in stripped.splitlines():
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise JobError(
-                    "(input)", f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-                ) from None
+def parse_jobs(
+    data: bytes | str,
+    *,
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+    profiles: Iterable[str] | None = None,
+) -> list[Job]:
+    """One job, a JSON array of jobs, or JSON lines; errors name the job and every bad field.
+
+    ``profiles`` (config.xml's profile names), when given, must include every profile a job
+    names; each job's stored form must fit in ``max_job_bytes``.
+    """
+    items, where = json_items(data.encode() if isinstance(data, str) else data)
     jobs = []
     for number, item in enumerate(items, 1):
         try:
-            job = Job.from_dict(item)
-            if job.topic == "SOAPProbe":  # refuse an unusable body now, not when it runs
-                build_request(job.body, version=job.soap_version, action=job.soap_action)
-            jobs.append(job)
+            jobs.append(_admit(item, max_job_bytes, profiles))
         except JobError as exc:
             if len(items) == 1:
                 raise
-            raise JobError(exc.field, exc.detail, where=where.format(number)) from None
+            raise exc.at(where.format(number)) from None
     return jobs
+
+
+def _admit(item: Any, max_job_bytes: int, profiles: Iterable[str] | None) -> Job:
+    job = Job.from_dict(item)
+    check_size(item, job, max_job_bytes)
+    if profiles is not None:
+        check_profiles(job, profiles)
+    if job.topic == "SOAPProbe":  # refuse an unusable body now, not when it runs
+        build_request(job.body, version=job.soap_version, action=job.soap_action)
+    return job
 
 
 def _print_json(obj: Any) -> None:
@@ -144,7 +153,9 @@ def tune_for_daemon() -> None:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     config = _load(args)
-    jobs = parse_jobs(_read_input(args.file))
+    limit = config.max_job_bytes
+    data = _read_input(args.file, input_limit(limit))
+    jobs = parse_jobs(data, max_job_bytes=limit, profiles=config.profiles)
     ids = asyncio.run(_with_queue(config, lambda q: q.enqueue(jobs)))
     for job_id in ids:
         print(job_id)
@@ -180,7 +191,8 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     config = _load(args)
     setup_logging(config.log_level)
-    jobs = parse_jobs(_read_input(args.file))
+    limit = config.max_job_bytes
+    jobs = parse_jobs(_read_input(args.file, input_limit(limit)), max_job_bytes=limit)
     if len(jobs) != 1:
         raise JobError("(input)", f"agent call runs one job; {len(jobs)} were given")
 

@@ -20,10 +20,12 @@ from lxml import etree
 
 from .allowlist import network_of
 from .errors import ConfigError
+from .names import sni_value
 
 log = logging.getLogger("agent.config")
 
 SNI = bool | str | None
+DEFAULT_MAX_JOB_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "MID_CONFIG_"
 PROFILE_PREFIX = "mid.httpclient.protocol."
 VAULT_PREFIX = "ext.cred.hashicorp.vault."
@@ -114,6 +116,7 @@ class AgentConfig:
     drain_seconds: float = 30.0
     health_listen: tuple[str, int] | None = None
     max_response_bytes: int = 8 * 1024 * 1024
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
     workers: int = 1
     journal_path: str = "agent-journal.db"
     base_dir: Path = field(default_factory=Path.cwd)
@@ -212,12 +215,7 @@ def _bool(v: str) -> bool:
 
 
 def _sni(v: str) -> SNI:
-    low = v.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if not low or any(c.isspace() or c in "/:@" for c in low):
-        raise ValueError(f"must be true, false or a host name, got {v!r}")
-    return low
+    return sni_value(v)  # the same rule as a job's ``sni``
 
 
 def _log_level(v: str) -> str:
@@ -283,6 +281,7 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "agent.drain.seconds": ("drain_seconds", _float(0, 86400)),
     "agent.health.listen": ("health_listen", _host_port),
     "agent.max_response_bytes": ("max_response_bytes", _int(1024, 2**40)),
+    "agent.max_job_bytes": ("max_job_bytes", _int(1024, 2**30)),
     "agent.workers": ("workers", _int(1, 64)),
     "agent.journal.path": ("journal_path", _text),
 }

@@ -29,6 +29,8 @@ Messages say what to do and never carry a password, token or key bytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 ERROR_KINDS = frozenset(
     {
         "invalid_job",
@@ -80,15 +82,34 @@ class ConfigError(AgentError):
 
 
 class JobError(AgentError):
-    """A job is malformed; ``field`` names the offending field."""
+    """A job is malformed. ``problems`` lists every (field, message) found; ``field`` and
+    ``detail`` are the first of them."""
 
     kind = "invalid_job"
 
-    def __init__(self, field: str, message: str, *, where: str | None = None) -> None:
+    def __init__(
+        self,
+        field: str,
+        message: str,
+        *,
+        where: str | None = None,
+        problems: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.problems = tuple(problems) or ((field, message),)
         place = f" of {where}" if where else ""
-        super().__init__(f"job field {field!r}{place}: {message}")
-        self.field = field
-        self.detail = message
+        super().__init__("; ".join(f"job field {f!r}{place}: {m}" for f, m in self.problems))
+        self.field, self.detail = self.problems[0]
+        self.where = where
+
+    @classmethod
+    def of(cls, problems: Sequence[tuple[str, str]], *, where: str | None = None) -> JobError:
+        """One error carrying every problem (there is at least one)."""
+        field, message = problems[0]
+        return cls(field, message, where=where, problems=problems)
+
+    def at(self, where: str) -> JobError:
+        """The same problems, placed (``job #3``, ``line 2``)."""
+        return JobError.of(self.problems, where=where)
 
 
 class UnknownProfileError(JobError):

@@ -1,19 +1,32 @@
 """Jobs and results: the contract's JSON, validated into frozen dataclasses.
 
-Pure logic: no I/O. ``Job.from_dict`` raises ``JobError`` naming the offending field.
+Pure logic: no I/O. ``Job.from_dict`` raises ``JobError`` naming every offending field. It runs
+at enqueue and again when a job is claimed (a row may come from another program), so the same
+rules hold whichever way a job reached the queue.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import JobError
+from .names import (
+    has_control,
+    header_name_problem,
+    header_value_problem,
+    is_token,
+    numeric_host_problem,
+    show,
+    sni_value,
+)
 
 Topic = Literal["RESTProbe", "SOAPProbe"]
 SNI = bool | str | None
@@ -39,6 +52,7 @@ JOB_FIELDS = frozenset(
     }
 )
 MAX_ID_LENGTH = 200
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -139,16 +153,12 @@ def _want(raw: dict[str, Any], name: str, kind: type | tuple[type, ...], what: s
 
 
 def _parse_sni(value: object, where: str) -> SNI:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip():
-        lowered = value.strip().lower()
-        if lowered in ("true", "false"):
-            return lowered == "true"
-        if any(c.isspace() or c in "/:@" for c in lowered):
-            raise JobError(where, f"must be true, false or a host name, got {value!r}")
-        return lowered
-    raise JobError(where, f"must be true, false or a host name, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise JobError(where, f"{value!r} is not a setting: write true or false (or a host name)")
+    try:
+        return sni_value(value)
+    except ValueError as exc:
+        raise JobError(where, str(exc)) from None
 
 
 def _b64(value: str, where: str) -> bytes:
@@ -159,13 +169,17 @@ def _b64(value: str, where: str) -> bytes:
 
 
 def _parse_endpoint(value: object) -> str:
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         raise JobError("endpoint", "is required: an https:// or <profile>:// URL")
+    if not isinstance(value, str):
+        raise JobError("endpoint", f"must be a URL string, got {type(value).__name__}")
     return _checked_endpoint(value)
 
 
 @functools.lru_cache(maxsize=4096)  # jobs repeat endpoints; a refused one is checked each time
 def _checked_endpoint(value: str) -> str:
+    if has_control(value):
+        raise JobError("endpoint", "contains a control character (percent-encode it)")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a bad port
@@ -173,24 +187,38 @@ def _checked_endpoint(value: str) -> str:
         raise JobError("endpoint", f"is not a valid URL: {exc}") from None
     if not parts.scheme or not parts.hostname:
         raise JobError(
-            "endpoint", f"must be https://host/... or <profile>://host/..., got {value!r}"
+            "endpoint", f"must be https://host/... or <profile>://host/..., got {show(value)}"
         )
     if parts.scheme == "http":
         raise JobError("endpoint", "plain http is not allowed: the agent only calls over TLS")
+    numeric = numeric_host_problem(parts.hostname)
+    if numeric:
+        raise JobError("endpoint", numeric)
     return value
 
 
 def _parse_headers(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     headers = _want(raw, "headers", dict, "an object of header names to strings") or {}
-    out = []
+    out, problems = [], []
     for name, value in headers.items():
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise JobError(f"headers.{name}", "must be a string")
-        text = str(value)
-        if "\r" in text or "\n" in text or not name or any(c in name for c in "\r\n: "):
-            raise JobError(f"headers.{name}", "contains a line break or an invalid name")
-        out.append((name, text))
+        problem = _header_problem(name, value)
+        if problem is None:
+            out.append((name, value if type(value) is str else str(value)))
+        else:
+            problems.append(problem)
+    if problems:
+        raise JobError.of(problems)
     return tuple(out)
+
+
+def _header_problem(name: str, value: object) -> tuple[str, str] | None:
+    problem = header_name_problem(name)
+    if problem:
+        return "headers", problem
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return f"headers.{name}", "must be a string"
+    problem = header_value_problem(value) if type(value) is str else None
+    return (f"headers.{name}", problem) if problem else None
 
 
 def _parse_body(raw: dict[str, Any]) -> bytes | None:
@@ -254,7 +282,9 @@ def _parse_wss(raw: object) -> dict[str, str]:
         raise JobError("inline_profile.wss", "needs both username and password")
     kind = out.setdefault("wss_password_type", "text")
     if kind not in ("text", "digest"):
-        raise JobError("inline_profile.wss.password_type", f"must be text or digest, got {kind!r}")
+        raise JobError(
+            "inline_profile.wss.password_type", f"must be text or digest, got {show(kind)}"
+        )
     return out
 
 
@@ -267,46 +297,115 @@ def _parse_number(raw: dict[str, Any], name: str, default: float, lo: float, hi:
     return float(value)
 
 
-def _parse_job(raw: object) -> Job:
-    if not isinstance(raw, dict):
-        raise JobError("(job)", f"must be a JSON object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - JOB_FIELDS)
-    if unknown:
-        raise JobError(unknown[0], f"is not a job field (fields: {', '.join(sorted(JOB_FIELDS))})")
+def _unknown_fields(raw: dict[str, Any]) -> None:
+    problems = []
+    for name in sorted(set(raw) - JOB_FIELDS):
+        close = difflib.get_close_matches(name, JOB_FIELDS, n=1)
+        hint = (
+            f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(sorted(JOB_FIELDS))}"
+        )
+        problems.append((name, f"is not a job field; {hint}"))
+    if problems:
+        raise JobError.of(problems)
+
+
+def _parse_id(raw: dict[str, Any]) -> str:
     given = _want(raw, "id", str, "a string")
     job_id = str(uuid.uuid4()) if given is None else given
     if not job_id.strip() or len(job_id) > MAX_ID_LENGTH:
         raise JobError("id", f"must be 1 to {MAX_ID_LENGTH} characters")
+    return job_id
+
+
+def _parse_topic(raw: dict[str, Any]) -> Topic:
     topic = raw.get("topic")
+    if topic is None:
+        raise JobError("topic", "is required: RESTProbe or SOAPProbe")
     if topic not in TOPICS:
-        raise JobError("topic", f"must be RESTProbe or SOAPProbe, got {topic!r}")
-    method = _want(raw, "method", str, "a string") or ("POST" if topic == "SOAPProbe" else "GET")
+        raise JobError("topic", f"must be RESTProbe or SOAPProbe, got {show(topic)}")
+    return topic  # type: ignore[no-any-return]
+
+
+def _parse_method(raw: dict[str, Any]) -> str:
+    method = _want(raw, "method", str, "a string") or (
+        "POST" if raw.get("topic") == "SOAPProbe" else "GET"
+    )
+    if not is_token(method):
+        raise JobError("method", f"{show(method)} is not an HTTP method (an RFC 9110 token)")
     if method.upper() not in METHODS:
-        raise JobError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+        raise JobError("method", f"must be one of {', '.join(METHODS)}, got {show(method)}")
+    return method.upper()
+
+
+def _parse_soap_version(raw: dict[str, Any]) -> str:
     soap_version = str(_want(raw, "soap_version", (str, int, float), "1.1 or 1.2") or "1.1")
     if soap_version not in ("1.1", "1.2"):
-        raise JobError("soap_version", f"must be 1.1 or 1.2, got {soap_version!r}")
+        raise JobError("soap_version", f"must be 1.1 or 1.2, got {show(soap_version)}")
+    return soap_version
+
+
+def _parse_attempts(raw: dict[str, Any]) -> int:
     attempts = _parse_number(raw, "max_attempts", 1, 1, 20)
     if attempts != int(attempts):
         raise JobError("max_attempts", "must be a whole number")
-    profile = _want(raw, "protocol_profile", str, "a profile name")
-    inline = _parse_inline(raw.get("inline_profile"))
+    return int(attempts)
+
+
+def _parse_credentials(raw: dict[str, Any]) -> tuple[str | None, InlineProfile | None]:
+    problems: list[tuple[str, str]] = []
+    profile = _collect(problems, _want, raw, "protocol_profile", str, "a profile name")
+    inline = _collect(problems, _parse_inline, raw.get("inline_profile"))
+    if problems:
+        raise JobError.of(problems)
     if profile and inline:
         raise JobError("inline_profile", "give either protocol_profile or inline_profile, not both")
+    return profile or None, inline
+
+
+def _collect(problems: list[tuple[str, str]], parse: Callable[..., T], *args: Any) -> T | None:
+    """``parse(*args)``, or None with its problems added to ``problems``."""
+    try:
+        return parse(*args)
+    except JobError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def _parse_job(raw: object) -> Job:
+    if not isinstance(raw, dict):
+        raise JobError("(job)", f"must be a JSON object, got {type(raw).__name__}")
+    bad: list[tuple[str, str]] = []  # every problem, so one round of fixes is enough
+    _collect(bad, _unknown_fields, raw)
+    job_id = _collect(bad, _parse_id, raw)
+    topic = _collect(bad, _parse_topic, raw)
+    endpoint = _collect(bad, _parse_endpoint, raw.get("endpoint"))
+    method = _collect(bad, _parse_method, raw)
+    headers = _collect(bad, _parse_headers, raw)
+    body = _collect(bad, _parse_body, raw)
+    soap_action = _collect(bad, _want, raw, "soap_action", str, "a string")
+    soap_version = _collect(bad, _parse_soap_version, raw)
+    sni = _collect(bad, _parse_sni, raw.get("sni"), "sni")
+    timeout = _collect(bad, _parse_number, raw, "timeout", 60.0, 0.001, 86400)
+    attempts = _collect(bad, _parse_attempts, raw)
+    credentials = _collect(bad, _parse_credentials, raw)
+    if bad:
+        raise JobError.of(bad)
+    assert job_id and topic and endpoint and method and soap_version and timeout and attempts
+    assert headers is not None and credentials is not None
     return Job(
         id=job_id,
         topic=topic,
-        endpoint=_parse_endpoint(raw.get("endpoint")),
-        method=method.upper(),
-        headers=_parse_headers(raw),
-        body=_parse_body(raw),
-        soap_action=_want(raw, "soap_action", str, "a string"),
+        endpoint=endpoint,
+        method=method,
+        headers=headers,
+        body=body,
+        soap_action=soap_action,
         soap_version=soap_version,
-        protocol_profile=profile or None,
-        inline_profile=inline,
-        sni=_parse_sni(raw.get("sni"), "sni"),
-        timeout=_parse_number(raw, "timeout", 60.0, 0.001, 86400),
-        max_attempts=int(attempts),
+        protocol_profile=credentials[0],
+        inline_profile=credentials[1],
+        sni=sni,
+        timeout=timeout,
+        max_attempts=attempts,
     )
 
 

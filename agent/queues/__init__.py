@@ -11,6 +11,12 @@ __all__ = ["Claim", "JobStatus", "Queue", "open_queue"]
 
 def open_queue(config: AgentConfig) -> Queue:
     """The queue backend for ``config.url`` (not yet connected: call ``open()``)."""
+    queue = _backend(config)
+    queue.max_job_bytes = config.max_job_bytes
+    return queue
+
+
+def _backend(config: AgentConfig) -> Queue:
     url = config.url
     scheme = url.split("://", 1)[0].lower()
     if scheme == "sqlite":

@@ -18,8 +18,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from ..config import DEFAULT_MAX_JOB_BYTES
 from ..errors import JobError, QueueError
 from ..jobs import Job, Result
+from ..jsonguard import MAX_DEPTH, nested_deeper
 
 State = Literal["ready", "processing", "processed", "error"]
 
@@ -49,8 +51,22 @@ def dumps(obj: object) -> str:
         return json.dumps(obj)
 
 
-def claim_of(job_id: str, body: str | bytes, token: int, attempt: int) -> Claim:
-    """The claim for a stored job row, or one carrying the reason it is not a usable job."""
+def claim_of(
+    job_id: str,
+    body: str | bytes,
+    token: int,
+    attempt: int,
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+) -> Claim:
+    """The claim for a stored job row, or one carrying the reason it is not a usable job.
+
+    A row over ``max_job_bytes`` is refused by its length alone, and one nested too deep for a
+    parser by a scan: neither is parsed."""
+    size = _stored_size(body, max_job_bytes)
+    if size > max_job_bytes:
+        return too_big(job_id, token, attempt, size, max_job_bytes)
+    if nested_deeper(body, MAX_DEPTH):
+        return unusable(job_id, token, attempt, f"is nested deeper than {MAX_DEPTH} levels")
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -58,14 +74,37 @@ def claim_of(job_id: str, body: str | bytes, token: int, attempt: int) -> Claim:
     return claim_from(job_id, raw, token, attempt)
 
 
-def claim_from(job_id: str, raw: object, token: int, attempt: int) -> Claim:
-    """``claim_of`` for a job already parsed."""
+def _stored_size(body: str | bytes, limit: int) -> int:
+    """Bytes of ``body`` as UTF-8, encoding it only when its length cannot settle the limit."""
+    if isinstance(body, bytes) or len(body) > limit or len(body) * 4 <= limit:
+        return len(body)
+    return len(body.encode(errors="surrogatepass"))
+
+
+def claim_from(
+    job_id: str,
+    raw: object,
+    token: int,
+    attempt: int,
+    *,
+    size: int = 0,
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+) -> Claim:
+    """``claim_of`` for a job already parsed; ``size`` is the stored row's length in bytes when
+    the backend knows it (a backend that checks it itself passes no ``raw`` for a big row)."""
+    if size > max_job_bytes:
+        return too_big(job_id, token, attempt, size, max_job_bytes)
     try:
         return Claim(Job.from_dict(raw), token, attempt)
     except JobError as exc:
         return unusable(job_id, token, attempt, exc.message)
     except (ValueError, TypeError) as exc:
         return unusable(job_id, token, attempt, f"the stored job cannot be read ({exc})")
+
+
+def too_big(job_id: str, token: int, attempt: int, size: int, limit: int) -> Claim:
+    problem = f"is {size} bytes, over agent.max_job_bytes ({limit} bytes); it was not read"
+    return unusable(job_id, token, attempt, problem)
 
 
 def unusable(job_id: str, token: int, attempt: int, problem: str) -> Claim:
@@ -91,6 +130,8 @@ class JobStatus:
 
 class Queue(abc.ABC):
     """A job queue. All methods are coroutines and never block the event loop."""
+
+    max_job_bytes = DEFAULT_MAX_JOB_BYTES  # a claimed row longer than this is not read
 
     @abc.abstractmethod
     async def open(self) -> None:

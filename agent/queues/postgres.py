@@ -133,9 +133,9 @@ def _complete_args(results: list[tuple[Claim, Result]]) -> tuple[list[Any], ...]
     )
 
 
-def _claims(rows: list[Any]) -> list[Claim]:
+def _claims(rows: list[Any], max_job_bytes: int) -> list[Claim]:
     rows = sorted(rows, key=lambda row: row[4])  # RETURNING keeps no order
-    return [claim_of(row[0], row[1], row[2], row[3]) for row in rows]
+    return [claim_of(row[0], row[1], row[2], row[3], max_job_bytes) for row in rows]
 
 
 def _fenced(claims: list[Claim], rows: list[Any]) -> list[Claim]:
@@ -312,7 +312,7 @@ class PostgresQueue(Queue):
         rows = await self._db(
             "claim", lambda pool: pool.fetch(CLAIM, agent, float(lease_seconds), limit)
         )
-        return _claims(rows)
+        return _claims(rows, self.max_job_bytes)
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
         if not claims:
@@ -349,7 +349,9 @@ class PostgresQueue(Queue):
             return stored, taken
 
         stored, taken = await self._db("exchange", both)
-        return Exchange(_fenced([c for c, _ in results], stored), _claims(taken))
+        return Exchange(
+            _fenced([c for c, _ in results], stored), _claims(taken, self.max_job_bytes)
+        )
 
     async def release(self, claims: list[Claim]) -> None:
         if claims:

@@ -75,11 +75,14 @@ WHERE seq IN (
     ) ORDER BY pass, rank LIMIT ?4
 )
 """
-# ... and what it marked, with the data_version (other connections' commits) it saw.
+# ... and what it marked, with the data_version (other connections' commits) it saw. A job
+# longer than ?4 bytes (agent.max_job_bytes) comes back as its length alone, never parsed.
 READ_CLAIMED = """
 SELECT json_group_array(json_array(
-        seq, id, json_valid(job), CASE WHEN json_valid(job) THEN json(job) ELSE job END,
-        token, attempt)),
+        seq, id, CASE WHEN length(CAST(job AS BLOB)) > ?4 THEN 0 ELSE json_valid(job) END,
+        CASE WHEN length(CAST(job AS BLOB)) > ?4 THEN NULL
+            WHEN json_valid(job) THEN json(job) ELSE job END,
+        token, attempt, length(CAST(job AS BLOB)))),
     (SELECT data_version FROM pragma_data_version)
 FROM jobs
 WHERE state = 'processing' AND lease_until = ?3 AND updated = ?2 AND agent = ?1
@@ -248,13 +251,14 @@ class SqliteQueue(Queue):
         lets go of the GIL around every step of a statement, and getting it back while the
         event loop is busy can take a switch interval (5 ms), so a statement or a row per job
         would make the round trip as slow as the jobs are many. Returns a JSON array of
-        ``[seq, id, is_json, job, token, attempt]``, ``job`` being the stored object (or the
-        stored text when it is not JSON).
+        ``[seq, id, is_json, job, token, attempt, size]``, ``job`` being the stored object (or
+        the stored text when it is not JSON, or null when it is over ``max_job_bytes``).
         """
         now = time.time()
         until = now + lease_seconds
         db.execute(MARK_CLAIMED, (agent, now, until, limit))
-        (rows, version) = db.execute(READ_CLAIMED, (agent, now, until)).fetchone()
+        read = (agent, now, until, self.max_job_bytes)
+        (rows, version) = db.execute(READ_CLAIMED, read).fetchone()
         self._claimed_version = version
         return str(rows)
 
@@ -263,11 +267,12 @@ class SqliteQueue(Queue):
         if rows:
             self._last_work = time.monotonic()
             rows.sort()  # oldest first
+        limit = self.max_job_bytes
         return [
-            claim_from(job_id, raw, token, att)
-            if is_json
+            claim_from(job_id, raw, token, att, size=size, max_job_bytes=limit)
+            if is_json or size > limit
             else unusable(job_id, token, att, "the stored job is not JSON")
-            for _, job_id, is_json, raw, token, att in rows
+            for _, job_id, is_json, raw, token, att, size in rows
         ]
 
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
