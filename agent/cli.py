@@ -44,13 +44,25 @@ def _read_input(name: str) -> str:
         raise JobError("(file)", f"cannot read {name}: {exc.strerror}") from None
 
 
+def _loads(text: str) -> Any:
+    """``json.loads``; JSON that cannot be read all the same is a JobError, not JSONDecodeError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise JobError("(input)", "JSON nested too deeply") from None
+    except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise JobError("(input)", "JSON holds a number too long to read") from None
+
+
 def parse_jobs(text: str) -> list[Job]:
     """One job, a JSON array of jobs, or JSON lines; errors name the job and the field."""
     stripped = text.strip()
     if not stripped:
         raise JobError("(input)", "no job given")
     try:
-        data = json.loads(stripped)
+        data = _loads(stripped)
         items: list[Any] = data if isinstance(data, list) else [data]
         where = "job #{}"
     except json.JSONDecodeError as exc:
@@ -59,11 +71,13 @@ def parse_jobs(text: str) -> list[Job]:
             if not line.strip():
                 continue
             try:
-                items.append(json.loads(line))
+                items.append(_loads(line))
             except json.JSONDecodeError:
                 raise JobError(
                     "(input)", f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
                 ) from None
+    if not items:
+        raise JobError("(input)", "no job given (an empty array)")
     jobs = []
     for number, item in enumerate(items, 1):
         try:

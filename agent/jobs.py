@@ -267,12 +267,26 @@ def _parse_number(raw: dict[str, Any], name: str, default: float, lo: float, hi:
     return float(value)
 
 
+def _check_unicode(raw: dict[str, Any], where: str = "", depth: int = 0) -> None:
+    """Every text must be valid Unicode (a JSON ``"\\ud800"`` is not): jobs are stored as UTF-8."""
+    for key, value in raw.items():
+        if type(value) is dict and depth < 2:  # headers, inline_profile and its parts
+            _check_unicode(value, f"{where}{key}.", depth + 1)
+        for text in (key, value):
+            if type(text) is str and not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise JobError(f"{where}{key}", "holds a lone surrogate, not text") from None
+
+
 def _parse_job(raw: object) -> Job:
     if not isinstance(raw, dict):
         raise JobError("(job)", f"must be a JSON object, got {type(raw).__name__}")
     unknown = sorted(set(raw) - JOB_FIELDS)
     if unknown:
         raise JobError(unknown[0], f"is not a job field (fields: {', '.join(sorted(JOB_FIELDS))})")
+    _check_unicode(raw)
     given = _want(raw, "id", str, "a string")
     job_id = str(uuid.uuid4()) if given is None else given
     if not job_id.strip() or len(job_id) > MAX_ID_LENGTH:
