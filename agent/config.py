@@ -359,7 +359,10 @@ def _convert(p: Parameter, conv: Callable[[str], Any]) -> Any:
 
 
 def _path(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~name of no known user, or ~ without a home
+        raise ValueError(f"cannot expand ~ in {value!r}: no such user or home directory") from None
     return path if path.is_absolute() else base / path
 
 
@@ -412,7 +415,7 @@ def _vault(params: dict[str, Parameter], base: Path) -> VaultConfig:
         if p is not None and p.value:
             got[key] = _convert(p, conv)
     if "ca" in got:
-        got["ca"] = _path(base, got["ca"])
+        got["ca"] = _convert(params[VAULT_PREFIX + "ca"], lambda v: _path(base, v))
     if got.get("role_id") and not got.get("secret_id"):
         p = params[VAULT_PREFIX + "role_id"]
         raise ConfigError(
@@ -430,7 +433,7 @@ def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConf
         profile, key = m.group(1), PROFILE_KEYS[m.group(2)]
         value = _convert(p, PROFILE_CONVERTERS.get(key, _text))
         if key in ("path", "key", "truststore") and value:
-            value = _path(base, value)
+            value = _convert(p, lambda v: _path(base, v))
         if key == "type" and value:
             value = value.lower()
             if value not in KEYSTORE_TYPES:

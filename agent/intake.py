@@ -38,6 +38,8 @@ def json_items(data: bytes) -> tuple[list[Any], str]:
         if b"\n" not in text:
             raise _not_json(exc) from None
         return [_line(line, exc) for line in text.splitlines() if line.strip()], "line {}"
+    if value == []:
+        raise JobError("(input)", "no job given (an empty array)")
     return (value if isinstance(value, list) else [value]), "job #{}"
 
 

@@ -297,6 +297,19 @@ def _parse_number(raw: dict[str, Any], name: str, default: float, lo: float, hi:
     return float(value)
 
 
+def _check_unicode(raw: dict[str, Any], where: str = "", depth: int = 0) -> None:
+    """Every text must be valid Unicode (a JSON ``"\\ud800"`` is not): jobs are stored as UTF-8."""
+    for key, value in raw.items():
+        if type(value) is dict and depth < 2:  # headers, inline_profile and its parts
+            _check_unicode(value, f"{where}{key}.", depth + 1)
+        for text in (key, value):
+            if type(text) is str and not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise JobError(f"{where}{key}", "holds a lone surrogate, not text") from None
+
+
 def _unknown_fields(raw: dict[str, Any]) -> None:
     problems = []
     for name in sorted(set(raw) - JOB_FIELDS):
@@ -375,6 +388,7 @@ def _parse_job(raw: object) -> Job:
     if not isinstance(raw, dict):
         raise JobError("(job)", f"must be a JSON object, got {type(raw).__name__}")
     bad: list[tuple[str, str]] = []  # every problem, so one round of fixes is enough
+    _check_unicode(raw)  # first: the parsers below encode text
     _collect(bad, _unknown_fields, raw)
     job_id = _collect(bad, _parse_id, raw)
     topic = _collect(bad, _parse_topic, raw)

@@ -44,12 +44,18 @@ def parse_xml(
         raise XMLRejected(f"XML document of {len(data)} bytes is over the limit ({max_bytes})")
     if not data.strip():
         raise XMLRejected("empty document, not XML")
+    parser = _parser()
     try:
-        root = etree.fromstring(data, _parser())
+        root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
         raise XMLRejected(f"not well-formed XML: {_syntax_error(exc)}") from None
     except ValueError as exc:  # e.g. a str with an encoding declaration
         raise XMLRejected(f"not XML: {exc}") from None
+    # lxml lets namespace errors pass when a warning follows them (an undeclared prefix leaves
+    # a tag such as "env:Envelope" that etree.QName refuses): refuse them here
+    error = next((e for e in parser.error_log if e.level >= etree.ErrorLevels.ERROR), None)
+    if error is not None:
+        raise XMLRejected(f"not well-formed XML: {error.message} (line {error.line})")
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise XMLRejected("document type declarations (DTD, entities) are refused")
