@@ -26,7 +26,19 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("AGENT_CONFIG") or "config.xml")
+    """``-c``, else ``$AGENT_CONFIG``, else ``./config.xml``. Only the last may be missing (it
+    means the embedded defaults): a file the user named must exist, or a typo would run
+    silently on defaults."""
+    if args.config:
+        named, source = args.config, "-c/--config"
+    elif os.environ.get("AGENT_CONFIG"):
+        named, source = os.environ["AGENT_CONFIG"], "$AGENT_CONFIG"
+    else:
+        return Path("config.xml")
+    path = Path(named)
+    if not path.exists():
+        raise ConfigError(f"{source}: {path} does not exist (create it, or fix the path)")
+    return path
 
 
 def _load(args: argparse.Namespace) -> AgentConfig:

@@ -126,6 +126,14 @@ class AgentConfig:
         params = parse_parameters(text)
         return from_parameters(params, base_dir=base_dir or Path.cwd(), env=env or {})
 
+    def profile(self, name: str) -> ProfileConfig | None:
+        """The protocol profile called ``name``, matched without regard to case."""
+        found = self.profiles.get(name)
+        if found is not None:
+            return found
+        folded = name.casefold()
+        return next((p for n, p in self.profiles.items() if n.casefold() == folded), None)
+
     @property
     def agent_name(self) -> str:
         """The ECC agent name, ``mid.server.<name>``."""
@@ -424,11 +432,13 @@ def _vault(params: dict[str, Parameter], base: Path) -> VaultConfig:
 
 def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConfig]:
     raw: dict[str, dict[str, Any]] = {}
+    spelled: dict[str, tuple[str, Parameter]] = {}  # casefolded name → first spelling seen
     for name, p in params.items():
         m = _PROFILE_RE.match(name)
         if not m:
             continue
         profile, key = m.group(1), PROFILE_KEYS[m.group(2)]
+        _check_spelling(spelled, profile, p)
         value = _convert(p, PROFILE_CONVERTERS.get(key, _text))
         if key in ("path", "key", "truststore") and value:
             value = _path(base, value)
@@ -447,6 +457,21 @@ def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConf
         _check_profile(cfg, params)
         out[profile] = cfg
     return out
+
+
+def _check_spelling(
+    spelled: dict[str, tuple[str, Parameter]], profile: str, p: Parameter
+) -> None:
+    """Profile names are matched without regard to case: two spellings are two profiles no
+    job could tell apart."""
+    first, first_param = spelled.setdefault(profile.casefold(), (profile, p))
+    if first != profile:
+        raise ConfigError(
+            f"profiles {first!r} ({first_param.name}) and {profile!r} ({p.name}) differ only "
+            "in case; profile names are matched without regard to case: spell them the same",
+            parameter=p.name,
+            line=p.line,
+        )
 
 
 def _check_profile(cfg: ProfileConfig, params: dict[str, Parameter]) -> None:
