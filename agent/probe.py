@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from .keystores.chains import days_phrase
 from .tls import certificate_names, is_ip_literal
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -29,13 +30,13 @@ class Handshake:
         if self.cert is None:
             return [f"{label}: handshake failed: {self.error}"]
         c = self.cert
-        days = (c.not_valid_after_utc - dt.datetime.now(dt.UTC)).days
+        days = days_phrase(c.not_valid_after_utc, dt.datetime.now(dt.UTC))
         return [
             f"{label}: {self.version}, server certificate:",
             f"  subject:   {c.subject.rfc4514_string()}",
             f"  names:     {', '.join(certificate_names(c)) or '(no subjectAltName)'}",
             f"  issuer:    {c.issuer.rfc4514_string()}",
-            f"  not after: {c.not_valid_after_utc:%Y-%m-%d} ({days} days left)",
+            f"  not after: {c.not_valid_after_utc:%Y-%m-%d} ({days})",
         ]
 
 

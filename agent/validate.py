@@ -34,7 +34,9 @@ async def run_validate(config: AgentConfig, *, profile: str | None, as_json: boo
         found = config.profile(profile)  # matched without regard to case, as jobs are
         if found is None:
             known = ", ".join(names) or "none"
-            raise ConfigError(f"--profile: no protocol profile {profile!r} (config.xml defines: {known})")
+            raise ConfigError(
+                f"--profile: no protocol profile {profile!r} (config.xml defines: {known})"
+            )
         names = [found.name]
     engine = Engine(config)
     try:
