@@ -28,6 +28,7 @@ ENV_PREFIX = "MID_CONFIG_"
 PROFILE_PREFIX = "mid.httpclient.protocol."
 VAULT_PREFIX = "ext.cred.hashicorp.vault."
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+LOG_FORMATS = ("auto", "text", "json")
 PROFILE_KEYS = {
     "path": "path",
     "password": "password",
@@ -103,6 +104,7 @@ class AgentConfig:
     threads_max: int = 25
     poll_time: float = 5.0
     log_level: str = "info"
+    log_format: str = "auto"  # text on a terminal, JSON lines otherwise
     proxy: ProxyConfig | None = None
     sni_enabled: bool = True
     profiles: Mapping[str, ProfileConfig] = field(default_factory=dict)
@@ -235,6 +237,13 @@ def _log_level(v: str) -> str:
     return "warn" if low == "warning" else low
 
 
+def _log_format(v: str) -> str:
+    low = v.strip().lower()
+    if low not in LOG_FORMATS:
+        raise ValueError(f"must be text or json (or auto: text on a terminal); got {v!r}")
+    return low
+
+
 def _host_port(v: str) -> tuple[str, int]:
     host, sep, port = v.rpartition(":")
     if not sep or not host:
@@ -283,6 +292,7 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "threads.max": ("threads_max", _int(1, 10000)),
     "mid.poll.time": ("poll_time", _float(0.01, 86400)),
     "mid.log.level": ("log_level", _log_level),
+    "agent.log.format": ("log_format", _log_format),
     "glide.outbound.tls_sni.enabled": ("sni_enabled", _bool),
     "mid.cert.expiry.warn_days": ("cert_warn_days", _int(0, 3650)),
     "agent.resolve": ("resolve", _resolve),
