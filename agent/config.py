@@ -469,9 +469,7 @@ def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConf
     return out
 
 
-def _check_spelling(
-    spelled: dict[str, tuple[str, Parameter]], profile: str, p: Parameter
-) -> None:
+def _check_spelling(spelled: dict[str, tuple[str, Parameter]], profile: str, p: Parameter) -> None:
     """Profile names are matched without regard to case: two spellings are two profiles no
     job could tell apart."""
     first, first_param = spelled.setdefault(profile.casefold(), (profile, p))
