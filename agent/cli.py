@@ -20,14 +20,26 @@ from .config import DEFAULT_MAX_JOB_BYTES, AgentConfig
 from .errors import AgentError, ConfigError, JobError
 from .intake import INPUT_JOBS_FACTOR, check_profiles, check_size, input_limit, json_items
 from .jobs import Job
-from .logs import setup_logging
+from .logs import json_lines_for, setup_logging
 from .soap import build_request
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("AGENT_CONFIG") or "config.xml")
+    """``-c``, else ``$AGENT_CONFIG``, else ``./config.xml``. Only the last may be missing (it
+    means the embedded defaults): a file the user named must exist, or a typo would run
+    silently on defaults."""
+    if args.config:
+        named, source = args.config, "-c/--config"
+    elif os.environ.get("AGENT_CONFIG"):
+        named, source = os.environ["AGENT_CONFIG"], "$AGENT_CONFIG"
+    else:
+        return Path("config.xml")
+    path = Path(named)
+    if not path.exists():
+        raise ConfigError(f"{source}: {path} does not exist (create it, or fix the path)")
+    return path
 
 
 def _load(args: argparse.Namespace) -> AgentConfig:
@@ -119,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import Daemon
 
     config = _load(args)
-    setup_logging(config.log_level, background=True)
+    setup_logging(config.log_level, json_lines=json_lines_for(config.log_format), background=True)
     for warning in config.warnings:
         import logging
 
@@ -190,7 +202,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     from .runtime import Engine
 
     config = _load(args)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, json_lines=json_lines_for(config.log_format))
     limit = config.max_job_bytes
     jobs = parse_jobs(_read_input(args.file, input_limit(limit)), max_job_bytes=limit)
     if len(jobs) != 1:
@@ -228,43 +240,98 @@ def cmd_sni_check(args: argparse.Namespace) -> int:
     return asyncio.run(run_sni_check(config, args.url, profile=args.profile))
 
 
+CONFIG_EXIT = "2 when config.xml cannot be used (or the file -c/$AGENT_CONFIG names is missing)"
+EPILOGS = {
+    "run": f"exit codes: 0 after a clean stop (SIGTERM/SIGINT drains, SIGHUP reloads); "
+    f"1 a runtime failure (queue unreachable, health port taken); {CONFIG_EXIT}",
+    "enqueue": f"exit codes: 0 enqueued (ids printed, one a line); 2 an invalid job, naming "
+    f"the field (nothing is enqueued); {CONFIG_EXIT}",
+    "result": f"exit codes: 0 done (the result JSON); 3 still pending; 4 unknown id; {CONFIG_EXIT}",
+    "call": f"exit codes: 0 answered (an HTTP error status is an answer); 1 no answer "
+    f"(result.error says why); 2 an invalid job; {CONFIG_EXIT}",
+    "demo": "exit codes: 0 when every demo job gave the expected answer; 1 otherwise",
+    "validate": f"exit codes: 0 every profile fine (warnings allowed); 1 problems found; "
+    f"{CONFIG_EXIT}",
+    "sni-check": "exit codes: 0 the handshake the config would make succeeds, the server is "
+    "trusted and carries the name; 1 a problem found (SNI, trust, name, client certificate "
+    "refused); 2 the config is unusable or the target cannot be reached",
+}
+MAIN_EPILOG = """\
+config: -c/--config FILE, else $AGENT_CONFIG, else ./config.xml. A file named by -c or
+$AGENT_CONFIG must exist; a missing ./config.xml means the embedded defaults.
+MID_CONFIG_<parameter> overrides a parameter (a double underscore may stand for each dot).
+
+exit codes (each command's --help has its own):
+  0  success
+  1  a failure or problem found (see the command)
+  2  config.xml unusable, or invalid input (the message names the parameter or field)
+  3  agent result: still pending
+  4  agent result: unknown id"""
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    name: str,
+    help_text: str,
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        parents=[common],
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=EPILOGS[name],
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-c",
         "--config",
         default=argparse.SUPPRESS,
-        help="config.xml (default: $AGENT_CONFIG or ./config.xml)",
+        metavar="FILE",
+        help="config.xml to use (default: $AGENT_CONFIG, else ./config.xml; a file named "
+        "here or in $AGENT_CONFIG must exist)",
     )
     parser = argparse.ArgumentParser(
         prog="agent",
         description="Forwarding agent: REST and SOAP over mutual TLS from a queue.",
         parents=[common],
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", parents=[common], help="the daemon: poll, run, report")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _command(sub, common, "run", "the daemon: poll the queue, run jobs, report results")
     p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("enqueue", parents=[common], help="validate and enqueue jobs")
-    p.add_argument("file", help="JSON job, array or JSON lines; - for standard input")
+    p = _command(sub, common, "enqueue", "validate jobs and put them in the queue")
+    p.add_argument("file", help="a JSON job, a JSON array of jobs or JSON lines; - for stdin")
     p.set_defaults(fn=cmd_enqueue)
-    p = sub.add_parser("result", parents=[common], help="print a job's result")
-    p.add_argument("id")
-    p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds")
+    p = _command(sub, common, "result", "print a job's result JSON")
+    p.add_argument("id", help="the job id (as printed by enqueue)")
+    p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for it")
     p.set_defaults(fn=cmd_result)
-    p = sub.add_parser("call", parents=[common], help="run one job now, without the queue")
-    p.add_argument("file")
+    p = _command(sub, common, "call", "run one job now, without the queue, and print its result")
+    p.add_argument("file", help="a JSON file holding one job; - for stdin")
     p.set_defaults(fn=cmd_call)
-    p = sub.add_parser("demo", parents=[common], help="end to end on embedded defaults")
-    p.add_argument("--keep", action="store_true", help="keep the demo's directory")
+    p = _command(sub, common, "demo", "run end to end on embedded defaults (no config needed)")
+    p.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("validate", parents=[common], help="check config and key material")
-    p.add_argument("--profile")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, common, "validate", "check config.xml and every keystore and truststore")
+    p.add_argument("--profile", metavar="P", help="check only protocol profile P (any letter case)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(fn=cmd_validate)
-    p = sub.add_parser("sni-check", parents=[common], help="handshake with and without SNI")
-    p.add_argument("url")
-    p.add_argument("--profile")
+    p = _command(
+        sub, common, "sni-check", "handshake with and without SNI, and judge the configured one"
+    )
+    p.add_argument("url", help="https://host[:port]/ or <profile>://host[:port]/")
+    p.add_argument(
+        "--profile",
+        metavar="P",
+        help="present profile P's client certificate and use its truststore and SNI setting "
+        "(default: the URL's <profile>://, else none and the system CAs)",
+    )
     p.set_defaults(fn=cmd_sni_check)
     return parser
 

@@ -30,6 +30,7 @@ ENV_PREFIX = "MID_CONFIG_"
 PROFILE_PREFIX = "mid.httpclient.protocol."
 VAULT_PREFIX = "ext.cred.hashicorp.vault."
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+LOG_FORMATS = ("auto", "text", "json")
 PROFILE_KEYS = {
     "path": "path",
     "password": "password",
@@ -105,6 +106,7 @@ class AgentConfig:
     threads_max: int = 25
     poll_time: float = 5.0
     log_level: str = "info"
+    log_format: str = "auto"  # text on a terminal, JSON lines otherwise
     proxy: ProxyConfig | None = None
     sni_enabled: bool = True
     profiles: Mapping[str, ProfileConfig] = field(default_factory=dict)
@@ -128,6 +130,14 @@ class AgentConfig:
     ) -> AgentConfig:
         params = parse_parameters(text)
         return from_parameters(params, base_dir=base_dir or Path.cwd(), env=env or {})
+
+    def profile(self, name: str) -> ProfileConfig | None:
+        """The protocol profile called ``name``, matched without regard to case."""
+        found = self.profiles.get(name)
+        if found is not None:
+            return found
+        folded = name.casefold()
+        return next((p for n, p in self.profiles.items() if n.casefold() == folded), None)
 
     @property
     def agent_name(self) -> str:
@@ -225,6 +235,13 @@ def _log_level(v: str) -> str:
     return "warn" if low == "warning" else low
 
 
+def _log_format(v: str) -> str:
+    low = v.strip().lower()
+    if low not in LOG_FORMATS:
+        raise ValueError(f"must be text or json (or auto: text on a terminal); got {v!r}")
+    return low
+
+
 def _host_port(v: str) -> tuple[str, int]:
     host, sep, port = v.rpartition(":")
     if not sep or not host:
@@ -273,6 +290,7 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "threads.max": ("threads_max", _int(1, 10000)),
     "mid.poll.time": ("poll_time", _float(0.01, 86400)),
     "mid.log.level": ("log_level", _log_level),
+    "agent.log.format": ("log_format", _log_format),
     "glide.outbound.tls_sni.enabled": ("sni_enabled", _bool),
     "mid.cert.expiry.warn_days": ("cert_warn_days", _int(0, 3650)),
     "agent.resolve": ("resolve", _resolve),
@@ -426,11 +444,13 @@ def _vault(params: dict[str, Parameter], base: Path) -> VaultConfig:
 
 def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConfig]:
     raw: dict[str, dict[str, Any]] = {}
+    spelled: dict[str, tuple[str, Parameter]] = {}  # casefolded name → first spelling seen
     for name, p in params.items():
         m = _PROFILE_RE.match(name)
         if not m:
             continue
         profile, key = m.group(1), PROFILE_KEYS[m.group(2)]
+        _check_spelling(spelled, profile, p)
         value = _convert(p, PROFILE_CONVERTERS.get(key, _text))
         if key in ("path", "key", "truststore") and value:
             value = _convert(p, lambda v: _path(base, v))
@@ -449,6 +469,19 @@ def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConf
         _check_profile(cfg, params)
         out[profile] = cfg
     return out
+
+
+def _check_spelling(spelled: dict[str, tuple[str, Parameter]], profile: str, p: Parameter) -> None:
+    """Profile names are matched without regard to case: two spellings are two profiles no
+    job could tell apart."""
+    first, first_param = spelled.setdefault(profile.casefold(), (profile, p))
+    if first != profile:
+        raise ConfigError(
+            f"profiles {first!r} ({first_param.name}) and {profile!r} ({p.name}) differ only "
+            "in case; profile names are matched without regard to case: spell them the same",
+            parameter=p.name,
+            line=p.line,
+        )
 
 
 def _check_profile(cfg: ProfileConfig, params: dict[str, Parameter]) -> None:

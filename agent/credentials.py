@@ -113,17 +113,19 @@ class Credentials:
         self._default = None
 
     def profile_for(self, job: Job) -> ProfileConfig | None:
-        scheme = job.endpoint.split("://", 1)[0].lower()
-        name = job.protocol_profile
-        if scheme != "https":
-            if name and name != scheme:
+        """The job's profile; names (``protocol_profile`` or a ``<profile>://`` endpoint) are
+        matched without regard to case. An unknown one names the field that gave it."""
+        scheme = job.endpoint.split("://", 1)[0]  # as written: urlsplit would lower-case it
+        name, field = job.protocol_profile, "protocol_profile"
+        if scheme.lower() != "https":
+            if name and name.casefold() != scheme.casefold():
                 raise UnknownProfileError(name, list(self.config.profiles))
-            name = scheme
+            name, field = scheme, ("protocol_profile" if name else "endpoint")
         if name is None:
             return None
-        profile = self.config.profiles.get(name)
+        profile = self.config.profile(name)
         if profile is None:
-            raise UnknownProfileError(name, list(self.config.profiles))
+            raise UnknownProfileError(name, list(self.config.profiles), field=field)
         return profile
 
     async def for_job(self, job: Job) -> Identity:

@@ -115,11 +115,10 @@ class JobError(AgentError):
 class UnknownProfileError(JobError):
     kind = "unknown_profile"
 
-    def __init__(self, profile: str, known: list[str]) -> None:
+    def __init__(self, profile: str, known: list[str], *, field: str = "protocol_profile") -> None:
         names = ", ".join(sorted(known)) or "none"
         super().__init__(
-            "protocol_profile",
-            f"unknown protocol profile {profile!r} (config.xml defines: {names})",
+            field, f"unknown protocol profile {profile!r} (config.xml defines: {names})"
         )
         self.profile = profile
 

@@ -18,12 +18,13 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .errors import AgentError, ConfigError
+from .errors import AgentError
 from .keystores.inspect import ProfileReport
 from .metrics import CONTENT_TYPE, Metrics
 
@@ -134,9 +135,11 @@ class HealthServer:
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             await runner.cleanup()
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                parameter="agent.health.listen",
+            # Not a config error: the value is fine, the port is taken (or the address is not
+            # this host's) right now. A runtime failure, exit 1.
+            reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+            raise AgentError(
+                f"health server: cannot listen on {host}:{port} (agent.health.listen): {reason}"
             ) from None
         self._runner = runner
         log.info("health and metrics on http://%s:%d (/healthz, /readyz, /metrics)", host, port)

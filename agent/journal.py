@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from .errors import ConfigError
 from .jobs import Job, Result
 from .queues.base import Claim
 
@@ -29,7 +30,11 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():  # never make a directory nobody asked for
+            raise ConfigError(
+                f"the journal's directory {path.parent} does not exist: create it",
+                parameter="agent.journal.path",
+            )
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

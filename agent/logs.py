@@ -1,4 +1,5 @@
-"""Logging: readable text on a terminal, JSON lines otherwise."""
+"""Logging: ``agent.log.format`` = ``text`` or ``json`` lines; by default (``auto``) readable
+text on a terminal, JSON lines otherwise."""
 
 from __future__ import annotations
 
@@ -117,8 +118,14 @@ def _stop_listener() -> None:
         _listener = None
 
 
+def json_lines_for(log_format: str) -> bool | None:
+    """``agent.log.format``: ``json`` → True, ``text`` → False, ``auto`` → None (by terminal)."""
+    return {"json": True, "text": False}.get(log_format)
+
+
 def setup_logging(level: str, *, json_lines: bool | None = None, background: bool = False) -> None:
-    """Log to stderr; ``background`` (the daemon) formats and writes on a thread of its own."""
+    """Log to stderr; ``background`` (the daemon) formats and writes on a thread of its own.
+    ``json_lines`` None: JSON unless stderr is a terminal."""
     global _listener
     if json_lines is None:
         json_lines = not sys.stderr.isatty()

@@ -29,10 +29,15 @@ async def collect_reports(
 async def run_validate(config: AgentConfig, *, profile: str | None, as_json: bool) -> int:
     from .runtime import Engine
 
-    if profile is not None and profile not in config.profiles:
-        known = ", ".join(sorted(config.profiles)) or "none"
-        raise ConfigError(f"no protocol profile {profile!r} (config.xml defines: {known})")
-    names = [profile] if profile else sorted(config.profiles)
+    names = sorted(config.profiles)
+    if profile is not None:
+        found = config.profile(profile)  # matched without regard to case, as jobs are
+        if found is None:
+            known = ", ".join(names) or "none"
+            raise ConfigError(
+                f"--profile: no protocol profile {profile!r} (config.xml defines: {known})"
+            )
+        names = [found.name]
     engine = Engine(config)
     try:
         reports = await collect_reports(config, engine.credentials, names)

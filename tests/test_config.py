@@ -201,3 +201,41 @@ def test_config_example_parses_with_every_commented_parameter_enabled() -> None:
     everything = AgentConfig.from_xml(full.encode(), base_dir=Path("/etc/agent"), env={})
     assert everything.profiles["partner"].wss_password_type == "digest"
     assert everything.vault.address and everything.proxy is not None
+    assert config.health_listen == ("127.0.0.1", 9464)  # the port the unit, image and README use
+    assert config.log_format == "json"
+
+
+def test_profile_names_are_matched_without_regard_to_case() -> None:
+    config = AgentConfig.from_xml(
+        b'<parameters><parameter name="mid.httpclient.protocol.PartnerB.port" value="8443"/>'
+        b"</parameters>",
+        env={},
+    )
+    for spelling in ("PartnerB", "partnerb", "PARTNERB"):
+        found = config.profile(spelling)
+        assert found is not None and (found.name, found.port) == ("PartnerB", 8443)
+    assert config.profile("partner") is None
+
+
+def test_profiles_differing_only_in_case_are_an_error_naming_both() -> None:
+    p = "mid.httpclient.protocol"
+    text = (
+        f'<parameters>\n<parameter name="{p}.PartnerB.path" value="a.p12"/>\n'
+        f'<parameter name="{p}.partnerb.password" value="x"/>\n</parameters>'
+    ).encode()
+    with pytest.raises(ConfigError) as err:
+        AgentConfig.from_xml(text, env={})
+    message = str(err.value)
+    assert f"{p}.PartnerB.path" in message and f"{p}.partnerb.password" in message
+    assert "differ only in case" in message and "line 3" in message
+
+
+def test_log_format_is_text_json_or_auto() -> None:
+    def fmt(value: str) -> str:
+        xml = f'<parameters><parameter name="agent.log.format" value="{value}"/></parameters>'
+        return AgentConfig.from_xml(xml.encode(), env={}).log_format
+
+    assert AgentConfig().log_format == "auto"
+    assert (fmt("text"), fmt("JSON"), fmt("auto")) == ("text", "json", "auto")
+    with pytest.raises(ConfigError, match="parameter agent.log.format.*must be text or json"):
+        fmt("xml")

@@ -98,26 +98,73 @@ def test_reordered_chain_is_a_warning(root: CA, inter: CA) -> None:
     assert any("reordered leaf → root" in n for n in report.notes)
 
 
-def test_missing_intermediate_is_reported_by_name(root: CA, inter: CA) -> None:
-    issued = inter.issue("no-intermediate", client=True)
+def test_missing_issuer_is_named_and_left_to_the_partner(root: CA, inter: CA) -> None:
+    """Leaf only, its issuer nowhere here: the partner may hold it, so a warning naming it."""
+    issued = inter.issue("leaf-only", client=True)
     m = material(issued, issued.cert_pem(), issued.key_pem())  # leaf only
     report = inspect_profile("gap", ProfileMaterial(m, (root.cert,)), warn_days=30)
     assert report.chain_complete is False and report.trusted is False
-    [problem] = report.problems
-    assert f"'{inter.cert.subject.rfc4514_string()}' (the issuer of " in problem
-    assert "is in neither the keystore nor the truststore" in problem
+    assert report.ok and report.problems == ()
+    [warning] = report.warnings
+    issuer = f"'{inter.cert.subject.rfc4514_string()}'"
+    assert f"the issuer {issuer} of the client certificate" in warning
+    assert "is in neither the keystore nor the truststore" in warning
+    assert f"The partner must trust {issuer}" in warning
+    assert "intermediate" not in warning  # the agent cannot tell what the missing one is
 
 
-def test_untrusted_chain_fails_against_an_explicit_truststore(root: CA) -> None:
+def test_missing_root_above_a_shipped_intermediate(root: CA, inter: CA) -> None:
+    """Leaf + intermediate in the keystore, the root only at the partner: "intermediate" names
+    the CA certificate that is present, "the issuer" the one that is not."""
+    issued = inter.issue("with-intermediate", client=True)
+    server_ca = CA("Server Side CA")
+    report = inspect_profile(
+        "i", ProfileMaterial(material(issued), (server_ca.cert,)), warn_days=30
+    )
+    assert report.ok and report.chain_complete is False
+    [warning] = report.warnings
+    assert f"of the intermediate '{inter.cert.subject.rfc4514_string()}'" in warning
+    assert f"The partner must trust '{root.cert.subject.rfc4514_string()}'" in warning
+
+
+def test_chain_not_reaching_the_truststore_is_the_partners_to_trust(root: CA) -> None:
+    """The partner issued the client certificate; the truststore holds the server's CA."""
     issued = root.issue("trusted-elsewhere", client=True)
     other = CA("Some Other CA")
     report = inspect_profile("u", ProfileMaterial(material(issued), (other.cert,)), warn_days=30)
-    assert report.trusted is False and not report.ok
+    assert report.trusted is False and report.ok
     assert report.chain_complete is False  # the issuer is nowhere to be found
     with_root = material(issued, issued.chain_pem(), root.cert_pem(), issued.key_pem())
     report = inspect_profile("u", ProfileMaterial(with_root, (other.cert,)), warn_days=30)
-    assert report.chain_complete is True and report.trusted is False
+    assert report.chain_complete is True and report.trusted is False and report.ok
+    [warning] = report.warnings
+    assert "does not verify the client chain: it ends at the root" in warning
+    assert f"the partner must trust '{root.cert.subject.rfc4514_string()}'" in warning
+
+
+def test_chain_reaching_the_truststore_but_failing_is_a_problem(root: CA) -> None:
+    """The truststore holds the client's root, yet the chain does not verify: broken for
+    anyone, so a problem (here: a "CA" the root issued without CA rights)."""
+    not_a_ca = root.issue("not-a-ca", client=True)
+    signer = CA.__new__(CA)  # a "CA" whose certificate has basicConstraints CA=false
+    signer.key, signer.cert, signer.parent = not_a_ca.key, not_a_ca.cert, root
+    m = material(signer.issue("below-not-a-ca", client=True))
+    report = inspect_profile("b", ProfileMaterial(m, (root.cert,)), warn_days=30)
+    assert report.trusted is False and not report.ok
     assert any("does not verify the client chain" in p for p in report.problems)
+
+
+def test_expiry_days_are_whole_days_elapsed(root: CA) -> None:
+    issued = root.issue("yesterday", client=True, days=10)
+    end = issued.cert.not_valid_after_utc
+    m = ProfileMaterial(material(issued), (root.cert,))
+    expired = inspect_profile("y", m, warn_days=30, now=end + dt.timedelta(hours=36))
+    assert expired.days_left == -1
+    assert "(expired 1 day ago)" in expired.format_text()
+    assert any("(expired 1 day ago): renew it" in p for p in expired.problems)
+    soon = inspect_profile("y", m, warn_days=30, now=end - dt.timedelta(hours=36))
+    assert soon.days_left == 1 and "(1 day left)" in soon.format_text()
+    assert any("expires in 1 day (on" in w for w in soon.warnings)
 
 
 def test_system_cas_not_verifying_a_private_ca_is_only_a_warning(root: CA) -> None:

@@ -154,11 +154,13 @@ async def test_broken_material_is_a_keystore_error_and_the_daemon_goes_on(
     assert "expired" in messages["expired"]
     assert len(set(messages.values())) == 4
     assert client_dn(results["good"]).startswith("CN=client-one")
-    # validate reports the missing intermediate of a chain that does not link up
+    # validate names the missing issuer of a chain that does not link up; the partner may hold
+    # it, so it is a warning (exit 0), not a failure
     params |= profile("orphan", orphan_crt, pki.ca_pem, key=str(orphan_key))
     write_config(tmp_path, params)
     ran = await arun_agent("-c", str(config), "validate", "--profile", "orphan")
-    assert ran.returncode == 1 and "Harness Intermediate CA" in ran.stdout, ran.stdout
+    assert ran.returncode == 0, ran.stdout
+    assert "The partner must trust 'CN=Harness Intermediate CA" in ran.stdout
 
 
 async def test_daemon_logs_certificate_warnings_at_start(

@@ -5,6 +5,7 @@ Shared by ``formats`` (ordering a chain as it loads) and ``inspect`` (reporting 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 
 from cryptography import x509
@@ -55,3 +56,21 @@ def find_issuer(
     cert: x509.Certificate, candidates: Iterable[x509.Certificate]
 ) -> x509.Certificate | None:
     return next((c for c in candidates if issued_by(cert, c)), None)
+
+
+def whole_days(not_after: dt.datetime, now: dt.datetime) -> int:
+    """Whole days between ``now`` and ``not_after``, negative once expired: the floor of the
+    exact time either way, so a certificate that expired 36 hours ago is -1, not -2."""
+    seconds = (not_after - now).total_seconds()
+    days = int(abs(seconds) // 86400)
+    return days if seconds >= 0 else -days
+
+
+def days_phrase(not_after: dt.datetime, now: dt.datetime) -> str:
+    """``12 days left``, ``1 day left``, ``expired 1 day ago``, ``expired less than a day ago``."""
+    days = whole_days(not_after, now)
+    if not_after >= now:
+        return f"{days} day{'' if days == 1 else 's'} left"
+    if days == 0:
+        return "expired less than a day ago"
+    return f"expired {-days} day{'' if days == -1 else 's'} ago"

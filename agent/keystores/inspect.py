@@ -19,7 +19,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification
 
 from ..errors import AgentError
-from .chains import describe, find_issuer, public_der, self_signed
+from .chains import days_phrase, describe, find_issuer, public_der, self_signed, whole_days
 from .formats import KeyMaterial
 from .sources import ProfileMaterial
 
@@ -40,6 +40,7 @@ class ProfileReport:
     chain_complete: bool | None = None
     trusted: bool | None = None
     trust_source: str = "system CAs"
+    checked_at: dt.datetime | None = None  # the "now" days_left counts from
     notes: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
@@ -50,7 +51,7 @@ class ProfileReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("not_before", "not_after"):
+        for key in ("not_before", "not_after", "checked_at"):
             out[key] = out[key].isoformat() if out[key] else None
         for key in ("sans", "chain", "notes", "problems", "warnings"):
             out[key] = list(out[key])
@@ -69,10 +70,10 @@ class ProfileReport:
 
 
 def _details(r: ProfileReport) -> list[str]:
-    days = f"{r.days_left} days left" if r.days_left is not None else ""
+    days = days_phrase(r.not_after, r.checked_at) if r.not_after and r.checked_at else ""
     span = f"{r.not_before:%Y-%m-%d} → {r.not_after:%Y-%m-%d}" if r.not_after else ""
     order = "given out of order, reordered" if r.chain_ordered is False else "ordered"
-    complete = "complete" if r.chain_complete else "INCOMPLETE"
+    complete = "complete" if r.chain_complete else "its last issuer is not held here"
     verdict = "verified by" if r.trusted else "NOT verified by"
     return [
         f"  subject:   {r.subject}",
@@ -116,18 +117,11 @@ def inspect_profile(
             "the certificate chain was given out of order (the agent reorders it; other tools "
             "may not): re-export it leaf → root"
         )
-    top = client.chain[-1]
-    complete = self_signed(top) or find_issuer(top, anchors) is not None
+    complete = self_signed(client.chain[-1]) or find_issuer(client.chain[-1], anchors) is not None
     trusted, why = _verify(client, anchors, now)
-    if not complete:
-        problems.append(
-            f"the certificate chain is incomplete: '{top.issuer.rfc4514_string()}' (the issuer "
-            f"of {describe(top)}) is in neither the keystore nor the {source}: "
-            "add that intermediate certificate to the keystore"
-        )
-    elif not trusted:
-        text = f"the {source} does not verify the client chain ({why})"
-        (problems if explicit else warnings).append(text)
+    if not trusted:
+        text, fatal = _trust_finding(client, anchors, source, why)
+        (problems if fatal and explicit else warnings).append(text)
     leaf = client.leaf
     return ProfileReport(
         name=name,
@@ -137,13 +131,14 @@ def inspect_profile(
         sans=_sans(leaf),
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
-        days_left=int((leaf.not_valid_after_utc - now).total_seconds() // 86400),
+        days_left=whole_days(leaf.not_valid_after_utc, now),
         key_matches=key_matches,
         chain=tuple(c.subject.rfc4514_string() for c in client.chain),
         chain_ordered=not client.reordered,
         chain_complete=complete,
         trusted=trusted,
         trust_source=source,
+        checked_at=now,
         notes=material.notes + client.notes,
         problems=tuple(problems),
         warnings=tuple(warnings),
@@ -161,14 +156,60 @@ def _validity(
         if now < start:
             problems.append(f"{what} is not valid yet (from {start:%Y-%m-%d %H:%M} UTC)")
         elif now > end:
-            problems.append(f"{what} expired on {end:%Y-%m-%d}: renew it")
+            problems.append(f"{what} expired on {end:%Y-%m-%d} ({days_phrase(end, now)}): renew it")
         elif end - now <= dt.timedelta(days=warn_days):
-            days = int((end - now).total_seconds() // 86400)
+            days = whole_days(end, now)
             warnings.append(
-                f"{what} expires in {days} days (on {end:%Y-%m-%d}, within "
+                f"{what} expires in {days} day{'' if days == 1 else 's'} (on {end:%Y-%m-%d}, "
+                "within "
                 f"mid.cert.expiry.warn_days={warn_days}): renew it"
             )
     return problems
+
+
+def _trust_finding(
+    client: KeyMaterial, anchors: tuple[x509.Certificate, ...], source: str, why: str
+) -> tuple[str, bool]:
+    """What to say when ``anchors`` do not verify the client chain, and whether it is a problem.
+
+    The partner, not the agent, verifies the client chain, and the truststore is there for the
+    server's: a partner that issued the client certificate holds its root, while the server's
+    certificate comes from another CA. So a chain that does not reach any anchor is a warning
+    naming the CA the partner must trust. It is a problem only when the chain does reach an
+    anchor and still fails (an expired CA, a CA not allowed to issue): that is broken
+    whoever verifies it.
+
+    Naming the missing certificate: the agent cannot see it, so it cannot tell a root from an
+    intermediate. The rule: the word "intermediate" is only used for a certificate present in
+    the keystore that is a CA (basicConstraints CA=true) and not self-signed; the missing one
+    is "the issuer '<name>'", and the advice covers both cases.
+    """
+    top = client.chain[-1]
+    if any(top == c for c in anchors) or find_issuer(top, anchors) is not None:
+        return f"the {source} does not verify the client chain ({why})", True
+    if self_signed(top):
+        return (
+            f"the {source} does not verify the client chain: it ends at the root {describe(top)}, "
+            f"which the {source} does not hold. That is expected when the partner issued the "
+            f"client certificate: the partner must trust {describe(top)}",
+            False,
+        )
+    issuer = f"'{top.issuer.rfc4514_string()}'"
+    what = "the intermediate" if _is_ca(top) else "the client certificate"
+    return (
+        f"the {source} does not verify the client chain: the issuer {issuer} of {what} "
+        f"{describe(top)} is in neither the keystore nor the {source}. The partner must trust "
+        f"{issuer}; if the partner holds only the root above {issuer}, add {issuer} to the "
+        f"keystore after {describe(top)}",
+        False,
+    )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _verify(

@@ -213,4 +213,6 @@ def redact_url(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as written: urlunsplit would turn sqlite:///./q.db into sqlite:/./q.db
     return urlunsplit(parts._replace(netloc=netloc, query=query))

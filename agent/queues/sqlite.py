@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..errors import QueueError
+from ..errors import ConfigError, QueueError
 from ..jobs import Job, Result
 from .base import Claim, Exchange, JobStatus, Queue, claim_from, dumps, unusable
 
@@ -138,7 +138,12 @@ class SqliteQueue(Queue):
         await self._run(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.is_dir():  # never make a directory nobody asked for
+            raise ConfigError(
+                f"the queue's directory {self.path.parent} does not exist: create it "
+                "(the agent makes the file, not the directory)",
+                parameter="url",
+            )
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA journal_mode = WAL")
