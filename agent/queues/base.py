@@ -11,6 +11,7 @@ after the lease lapsed) are rejected, so a late agent never writes over a newer 
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +20,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 
 from ..errors import JobError, QueueError
-from ..jobs import Job, Result
+from ..jobs import Job, Result, merge_secrets, split_secrets
+from ..secure import JobKey, SealBroken
 
 State = Literal["ready", "processing", "processed", "error"]
 
@@ -74,6 +76,63 @@ def unusable(job_id: str, token: int, attempt: int, problem: str) -> Claim:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """A job as a queue stores it: its JSON without the secret fields, those sealed with the
+    agent's key (None when it has none: most jobs), and a digest that tells whether a job
+    enqueued again under the same id is the same job."""
+
+    id: str
+    body: str
+    sealed: str | None
+    digest: str
+
+
+def stored_form(jobs: list[Job], key: JobKey | None) -> list[Stored]:
+    """The stored form of ``jobs``; raises JobError when an id repeats with other content."""
+    out = []
+    for job in jobs:
+        data = job.to_dict()
+        secrets = split_secrets(data)
+        body = dumps(data)
+        if not secrets:
+            out.append(Stored(job.id, body, None, hashlib.sha256(body.encode()).hexdigest()))
+            continue
+        if key is None:
+            raise QueueError(f"job {job.id!r} carries secrets and this queue has no key file")
+        out.append(Stored(job.id, body, key.seal(secrets), key.digest(body.encode(), secrets)))
+    digests: dict[str, str] = {}
+    for row in out:
+        if digests.setdefault(row.id, row.digest) != row.digest:
+            raise different_content(row.id)
+    return out
+
+
+def different_content(job_id: str) -> JobError:
+    return JobError(
+        "id",
+        f"job {job_id!r} is already queued with different content; enqueuing the same job "
+        "again is a no-op, a different job needs a new id",
+    )
+
+
+def claim_sealed(
+    job_id: str, raw: object, sealed: str | None, token: int, attempt: int, key: JobKey | None
+) -> Claim:
+    """``claim_from`` for a stored job whose secret fields were sealed apart (``sealed``)."""
+    if sealed is None:
+        return claim_from(job_id, raw, token, attempt)
+    if not isinstance(raw, dict):
+        return claim_from(job_id, raw, token, attempt)  # says why it is not a job
+    try:
+        if key is None:
+            raise SealBroken("cannot decrypt the job's secrets: this queue has no key file")
+        merge_secrets(raw, key.open(sealed))
+    except SealBroken as exc:
+        return unusable(job_id, token, attempt, str(exc))
+    return claim_from(job_id, raw, token, attempt)
+
+
+@dataclass(frozen=True)
 class Exchange:
     """What ``Queue.exchange`` did: results fenced out (not stored), and the new claims."""
 
@@ -101,7 +160,9 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def enqueue(self, jobs: list[Job]) -> list[str]:
-        """Add jobs in one transaction; an id already present is left as it is. Returns ids."""
+        """Add jobs in one transaction; an id already present with the same job is left as it
+        is, one present with a different job refuses the batch (JobError naming ``id``).
+        Returns ids. Secret fields are stored sealed, and erased once the result is stored."""
 
     @abc.abstractmethod
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
