@@ -12,13 +12,14 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from agent.demoserver import DemoServer
 from agent.jobs import Job, Result
 from agent.journal import Journal
 from agent.queues.base import Claim
-from agent.queues.postgres import PostgresQueue
+from agent.queues.postgres import MIGRATIONS, PostgresQueue
 from agent.queues.sqlite import SqliteQueue
 from agent.secure import JobKey
 from tests.conftest import PKI, Ran, arun_agent, write_config
@@ -186,6 +187,33 @@ async def test_a_copied_key_file_opens_the_secrets(tmp_path: Path, pki: PKI) -> 
         await other.close()
 
 
+async def test_an_older_queue_file_loses_the_clear_text_secrets_of_its_finished_jobs(
+    tmp_path: Path, pki: PKI
+) -> None:
+    """A file written by a version that stored secrets as sent: on the first open, finished
+    jobs are stripped of them (and the pages overwritten)."""
+    job = secret_job("old", pki)
+    db = tmp_path / "queue.db"
+    with sqlite3.connect(db) as con:
+        con.execute(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+            " job TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'ready', token INTEGER NOT NULL"
+            " DEFAULT 0, attempt INTEGER NOT NULL DEFAULT 0, agent TEXT, lease_until REAL,"
+            " created REAL NOT NULL, updated REAL NOT NULL, result TEXT)"
+        )
+        con.execute(
+            "INSERT INTO jobs (id, job, state, created, updated, result)"
+            " VALUES ('old', ?, 'processed', 0, 0, '{}')",
+            (json.dumps(job),),
+        )
+    con.close()
+    assert found_in(tmp_path, needles(job)) != []
+    queue = SqliteQueue(db)
+    await queue.open()
+    await queue.close()
+    assert found_in(tmp_path, needles(job)) == []
+
+
 # ---------------------------------------------------------------------------------- modes
 
 
@@ -278,6 +306,53 @@ async def test_postgres_row_holds_no_plaintext_secret_and_none_after_completion(
             assert sorted(keystore) == ["type"]  # the public rest of the job stays
         finally:
             await queue.close()
+
+
+async def test_postgres_agents_need_the_same_key_file(tmp_path: Path, pki: PKI) -> None:
+    job = Job.from_dict(secret_job("shared", pki))
+    async with fresh_database() as name:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        sender = PostgresQueue(database_url(name), key=JobKey(tmp_path / "a" / "agent.key"))
+        other = PostgresQueue(database_url(name), key=JobKey(tmp_path / "b" / "agent.key"))
+        await sender.open()
+        await other.open()
+        try:
+            await sender.enqueue([job])
+            (claim,) = await other.claim("agent-b", 1, 60)
+            assert claim.problem is not None
+            assert "need the same key file " + str(tmp_path / "b" / "agent.key") in claim.problem
+            await other.release([claim])
+            (tmp_path / "b" / "agent.key").write_bytes((tmp_path / "a" / "agent.key").read_bytes())
+            (claim,) = await other.claim("agent-b", 1, 60)
+            assert claim.problem is None and claim.job == job
+        finally:
+            await sender.close()
+            await other.close()
+
+
+async def test_postgres_migration_strips_clear_text_secrets_of_finished_jobs(pki: PKI) -> None:
+    job = secret_job("old", pki)
+    async with fresh_database() as name:
+        con = await asyncpg.connect(database_url(name))  # the schema of version 1
+        try:
+            await con.execute(MIGRATIONS[0])
+            await con.execute(
+                "CREATE TABLE agent_schema_version (version integer NOT NULL);"
+                "INSERT INTO agent_schema_version VALUES (1)"
+            )
+            await con.execute(
+                "INSERT INTO agent_jobs (id, job, state, result)"
+                " VALUES ('old', $1, 'processed', '{}')",
+                json.dumps(job),
+            )
+        finally:
+            await con.close()
+        queue = PostgresQueue(database_url(name))
+        await queue.open()
+        await queue.close()
+        (row,) = await fetch(name, "SELECT t::text AS all FROM agent_jobs t")
+        assert [n for n in needles(job) if n.decode() in row["all"]] == []
 
 
 # ---------------------------------------------------------------------------------- re-enqueue

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from ..errors import QueueError
-from ..jobs import Job, Result
+from ..jobs import SECRET_FIELDS, Job, Result
 from ..secure import JobKey
 from .base import (
     Claim,
@@ -82,8 +82,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX agent_jobs_ready ON agent_jobs (seq) WHERE state = 'ready';
     CREATE INDEX agent_jobs_leased ON agent_jobs (lease_until) WHERE state = 'processing';
     """,
-    """
+    f"""
     ALTER TABLE agent_jobs ADD COLUMN secrets text, ADD COLUMN digest text;
+    UPDATE agent_jobs SET job = job {" ".join(f"#- '{{{','.join(p)}}}'" for p in SECRET_FIELDS)}
+    WHERE state IN ('processed', 'error') AND job ? 'inline_profile';
     """,
 )
 

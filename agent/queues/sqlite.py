@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ..errors import QueueError
-from ..jobs import Job, Result, has_secrets
+from ..jobs import SECRET_FIELDS, Job, Result, has_secrets
 from ..secure import JobKey, private_file
 from .base import (
     Claim,
@@ -70,6 +70,12 @@ CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (seq) WHERE state = 'ready';
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'processing';
 """
 ADDED_COLUMNS = ("secrets", "digest")  # files made before them get them on open
+# ... and their finished jobs lose the secrets earlier versions stored in clear text.
+ERASE_OLD_SECRETS = f"""
+UPDATE jobs SET job = json_remove(job, {", ".join(f"'$.{'.'.join(p)}'" for p in SECRET_FIELDS)})
+WHERE state IN ('processed', 'error') AND json_valid(job)
+    AND json_type(job, '$.inline_profile') IS NOT NULL
+"""
 
 # After inserting a batch of [id, digest]: the first id already stored with another digest.
 DIFFERENT_CONTENT = """
@@ -188,6 +194,8 @@ class SqliteQueue(Queue):
                 except sqlite3.OperationalError as exc:  # another process added it meanwhile
                     if "duplicate column" not in str(exc):
                         raise
+                if name == "secrets":
+                    db.execute(ERASE_OLD_SECRETS)
 
     def _scrub_wal(self) -> None:
         """After secrets were erased: copy the WAL into the file and truncate it, so the old
