@@ -253,4 +253,4 @@ def private_file(path: Path) -> None:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("%s is mode %o and cannot be made 0600 (%s)", each, mode, exc.strerror)
+            log.warning("%s cannot be made mode 0600 (%s)", each, exc.strerror)
