@@ -122,6 +122,7 @@ class AgentConfig:
     workers: int = 1
     journal_path: str = "agent-journal.db"
     base_dir: Path = field(default_factory=Path.cwd)
+    config_path: Path | None = None  # the config.xml read (set by secure.load_secure_config)
     warnings: tuple[str, ...] = ()
 
     @classmethod

@@ -3,6 +3,11 @@
 When the queue is unreachable, a finished job's result goes here (one SQLite file, fsynced),
 and is delivered when the queue answers again, also after a restart. A result is removed from
 the journal only once the queue has stored it (or fenced it out as stale).
+
+The journal holds what delivery needs: the claim (job id, fencing token, attempt) and the
+result. A job's secret fields (``jobs.SECRET_FIELDS``) are never written to it: the job is kept
+without its inline profile. The file is mode 0600 (its directory 0700); delivered entries are
+overwritten (``secure_delete``) and the WAL truncated after each removal.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import threading
 from pathlib import Path
 
 from .errors import ConfigError
-from .jobs import Job, Result
+from .jobs import Job, Result, without_secrets
 from .queues.base import Claim
+from .secure import private_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -35,13 +41,16 @@ class Journal:
                 f"the journal's directory {path.parent} does not exist: create it",
                 parameter="agent.journal.path",
             )
+        private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(SCHEMA)
 
     def _put(self, claim: Claim, result: Result) -> None:
-        record = {"job": claim.job.to_dict(), "token": claim.token, "attempt": claim.attempt}
+        job = without_secrets(claim.job).to_dict()  # delivery needs only its id
+        record = {"job": job, "token": claim.token, "attempt": claim.attempt}
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO pending VALUES (?, ?, ?)",
@@ -61,6 +70,7 @@ class Journal:
     def _remove(self, job_ids: list[str]) -> None:
         with self._lock:
             self._db.executemany("DELETE FROM pending WHERE job_id = ?", [(i,) for i in job_ids])
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old copy left in the WAL
 
     async def put(self, claim: Claim, result: Result) -> None:
         await asyncio.to_thread(self._put, claim, result)

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import JobError
 from agent.jobs import Job, Result
 from agent.queues.base import Claim, Queue
 from agent.queues.ecc import EccQueue
 from agent.queues.postgres import PostgresQueue
 from agent.queues.sqlite import SqliteQueue
+from agent.secure import JobKey
 from tests.conftest import PKI
 from tests.fake_instance import FakeInstance, serve_instance
 from tests.pg import database_url, fresh_database
@@ -77,7 +79,8 @@ async def make_backend(name: str, tmp_path: Path, pki: PKI) -> AsyncIterator[Bac
         yield Backend("sqlite", lambda: SqliteQueue(tmp_path / "queue.db"))
     elif name == "postgres":
         async with fresh_database() as name:
-            yield Backend("postgres", lambda: PostgresQueue(database_url(name)))
+            key = JobKey(tmp_path / "queue.key")
+            yield Backend("postgres", lambda: PostgresQueue(database_url(name), key=key))
     else:
         async with ecc_backend(pki, tmp_path) as ecc:
             yield ecc
@@ -142,6 +145,41 @@ async def test_enqueue_is_idempotent(queue: Queue) -> None:
     claims = await queue.claim("agent-1", 10, 60)
     assert sorted(c.job.id for c in claims) == ["a", "b"]
     assert await queue.claim("agent-1", 10, 60) == []
+
+
+def secret_job(job_id: str, password: str = "ks-pass") -> Job:
+    inline = {
+        "keystore": {"type": "pkcs12", "data_base64": "a2V5c3RvcmU=", "password": password},
+        "wss": {"username": "svc", "password": "wss-pass"},
+    }
+    return Job.from_dict(
+        {"id": job_id, "topic": "SOAPProbe", "endpoint": "https://a.example/", "body": "<x/>"}
+        | {"inline_profile": inline}
+    )
+
+
+async def test_enqueue_under_a_known_id_with_other_content_is_refused(
+    leased_queue: Queue,
+) -> None:
+    queue = leased_queue
+    await queue.enqueue([job("a"), secret_job("s")])
+    assert await queue.enqueue([job("a"), secret_job("s")]) == ["a", "s"]  # the same: no-op
+    other = Job.from_dict(job("a").to_dict() | {"method": "POST"})
+    for batch in ([job("new"), other], [secret_job("s", password="changed")]):
+        with pytest.raises(JobError) as refused:
+            await queue.enqueue(batch)
+        assert refused.value.field == "id"
+        assert "is already queued with different content" in refused.value.message
+    assert await queue.status("new") is None  # the refused batch left nothing behind
+    claims = await queue.claim("agent-1", 10, 60)
+    assert sorted(c.job.id for c in claims) == ["a", "s"]
+    assert {c.job.id: c.job for c in claims} == {"a": job("a"), "s": secret_job("s")}
+
+
+async def test_a_job_comes_back_with_its_secrets_at_claim(leased_queue: Queue) -> None:
+    await leased_queue.enqueue([secret_job("s")])
+    (claim,) = await leased_queue.claim("agent-1", 1, 60)
+    assert claim.problem is None and claim.job == secret_job("s")
 
 
 async def test_claim_takes_jobs_in_enqueue_order_up_to_the_limit(queue: Queue) -> None:

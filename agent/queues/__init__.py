@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from ..config import AgentConfig
 from ..errors import QueueError
+from ..secure import JobKey, job_key_path
 from .base import Claim, JobStatus, Queue
 
 __all__ = ["Claim", "JobStatus", "Queue", "open_queue"]
 
 
 def open_queue(config: AgentConfig) -> Queue:
-    """The queue backend for ``config.url`` (not yet connected: call ``open()``)."""
+    """The queue backend for ``config.url`` (not yet connected: call ``open()``).
+
+    The SQLite and PostgreSQL queues seal jobs' secrets with the key file beside config.xml
+    (``secure.job_key_path``); the ECC queue keeps jobs on the instance, which holds them.
+    """
     queue = _backend(config)
     queue.max_job_bytes = config.max_job_bytes
     return queue
@@ -22,11 +27,12 @@ def _backend(config: AgentConfig) -> Queue:
     if scheme == "sqlite":
         from .sqlite import SqliteQueue, sqlite_path
 
-        return SqliteQueue(sqlite_path(url, config.base_dir))
+        path = sqlite_path(url, config.base_dir)
+        return SqliteQueue(path, JobKey(job_key_path(config, path)))
     if scheme in ("postgres", "postgresql"):
         from .postgres import PostgresQueue
 
-        queue: Queue = PostgresQueue(url)
+        queue: Queue = PostgresQueue(url, key=JobKey(job_key_path(config)))
         return queue
     if scheme == "https":
         from .ecc import EccQueue

@@ -11,6 +11,7 @@ after the lease lapsed) are rejected, so a late agent never writes over a newer 
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Literal
@@ -20,8 +21,9 @@ import orjson
 
 from ..config import DEFAULT_MAX_JOB_BYTES
 from ..errors import JobError, QueueError
-from ..jobs import Job, Result
+from ..jobs import Job, Result, merge_secrets, split_secrets
 from ..jsonguard import MAX_DEPTH, nested_deeper
+from ..secure import JobKey, SealBroken
 
 State = Literal["ready", "processing", "processed", "error"]
 
@@ -57,8 +59,11 @@ def claim_of(
     token: int,
     attempt: int,
     max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+    sealed: str | None = None,
+    key: JobKey | None = None,
 ) -> Claim:
-    """The claim for a stored job row, or one carrying the reason it is not a usable job.
+    """The claim for a stored job row, or one carrying the reason it is not a usable job;
+    ``sealed``: its secret fields, sealed apart with ``key``.
 
     A row over ``max_job_bytes`` is refused by its length alone, and one nested too deep for a
     parser by a scan: neither is parsed."""
@@ -71,7 +76,7 @@ def claim_of(
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         return unusable(job_id, token, attempt, f"the stored job is not JSON ({exc})")
-    return claim_from(job_id, raw, token, attempt)
+    return claim_sealed(job_id, raw, sealed, token, attempt, key)
 
 
 def _stored_size(body: str | bytes, limit: int) -> int:
@@ -113,6 +118,70 @@ def unusable(job_id: str, token: int, attempt: int, problem: str) -> Claim:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """A job as a queue stores it: its JSON without the secret fields, those sealed with the
+    agent's key (None when it has none: most jobs), and a digest that tells whether a job
+    enqueued again under the same id is the same job."""
+
+    id: str
+    body: str
+    sealed: str | None
+    digest: str
+
+
+def stored_form(jobs: list[Job], key: JobKey | None) -> list[Stored]:
+    """The stored form of ``jobs``; raises JobError when an id repeats with other content."""
+    out = []
+    for job in jobs:
+        data = job.to_dict()
+        secrets = split_secrets(data)
+        body = dumps(data)
+        if not secrets:
+            out.append(Stored(job.id, body, None, hashlib.sha256(body.encode()).hexdigest()))
+            continue
+        if key is None:
+            raise QueueError(f"job {job.id!r} carries secrets and this queue has no key file")
+        out.append(Stored(job.id, body, key.seal(secrets), key.digest(body.encode(), secrets)))
+    digests: dict[str, str] = {}
+    for row in out:
+        if digests.setdefault(row.id, row.digest) != row.digest:
+            raise different_content(row.id)
+    return out
+
+
+def different_content(job_id: str) -> JobError:
+    return JobError(
+        "id",
+        f"job {job_id!r} is already queued with different content; enqueuing the same job "
+        "again is a no-op, a different job needs a new id",
+    )
+
+
+def claim_sealed(
+    job_id: str,
+    raw: object,
+    sealed: str | None,
+    token: int,
+    attempt: int,
+    key: JobKey | None,
+    *,
+    size: int = 0,
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
+) -> Claim:
+    """``claim_from`` for a stored job whose secret fields were sealed apart (``sealed``)."""
+    limits = {"size": size, "max_job_bytes": max_job_bytes}
+    if sealed is None or size > max_job_bytes or not isinstance(raw, dict):
+        return claim_from(job_id, raw, token, attempt, **limits)  # says why it is not a job
+    try:
+        if key is None:
+            raise SealBroken("cannot decrypt the job's secrets: this queue has no key file")
+        merge_secrets(raw, key.open(sealed))
+    except SealBroken as exc:
+        return unusable(job_id, token, attempt, str(exc))
+    return claim_from(job_id, raw, token, attempt, **limits)
+
+
+@dataclass(frozen=True)
 class Exchange:
     """What ``Queue.exchange`` did: results fenced out (not stored), and the new claims."""
 
@@ -142,7 +211,9 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def enqueue(self, jobs: list[Job]) -> list[str]:
-        """Add jobs in one transaction; an id already present is left as it is. Returns ids."""
+        """Add jobs in one transaction; an id already present with the same job is left as it
+        is, one present with a different job refuses the batch (JobError naming ``id``).
+        Returns ids. Secret fields are stored sealed, and erased once the result is stored."""
 
     @abc.abstractmethod
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:

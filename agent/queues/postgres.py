@@ -3,12 +3,17 @@
 Each operation is one statement, so one round trip and one short transaction:
 
 - ``enqueue`` inserts with ``ON CONFLICT (id) DO NOTHING`` and, in the same statement,
-  ``pg_notify`` on channel ``agent_jobs``; the notification is sent only at commit.
+  ``pg_notify`` on channel ``agent_jobs``; the notification is sent only at commit. A second
+  statement of the same transaction refuses the batch if an id was already there with another
+  job (its digest differs).
 - ``claim`` locks candidates with ``FOR UPDATE SKIP LOCKED`` (two agents never wait for or take
   the same row), lapsed leases first, then ready jobs in enqueue order, and bumps ``token`` and
   ``attempt`` as the embedded queue does.
 - ``renew``/``complete``/``release`` take the whole batch as ``unnest`` arrays and match each row
   on ``(id, token)``: a claim whose token is no longer current is fenced out and reported back.
+
+A job's secret fields are stored sealed (column ``secrets``, see ``base.stored_form``; the
+agents sharing the queue need copies of one key file) and set to NULL with the result.
 
 Leases are compared with the server's clock (``now()``), so agents' clocks need not agree.
 ``wait_for_work`` listens on a dedicated connection, opened in ``open()`` so no notification sent
@@ -31,8 +36,19 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from ..errors import QueueError
-from ..jobs import Job, Result
-from .base import Claim, Exchange, JobStatus, Queue, claim_of, dumps, redact_url
+from ..jobs import SECRET_FIELDS, Job, Result
+from ..secure import JobKey
+from .base import (
+    Claim,
+    Exchange,
+    JobStatus,
+    Queue,
+    claim_of,
+    different_content,
+    dumps,
+    redact_url,
+    stored_form,
+)
 
 log = logging.getLogger("agent.queues.postgres")
 
@@ -65,17 +81,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX agent_jobs_ready ON agent_jobs (seq) WHERE state = 'ready';
     CREATE INDEX agent_jobs_leased ON agent_jobs (lease_until) WHERE state = 'processing';
     """,
+    f"""
+    ALTER TABLE agent_jobs ADD COLUMN secrets text, ADD COLUMN digest text;
+    UPDATE agent_jobs SET job = job {" ".join(f"#- '{{{','.join(p)}}}'" for p in SECRET_FIELDS)}
+    WHERE state IN ('processed', 'error') AND job ? 'inline_profile';
+    """,
 )
 
 ENQUEUE = """
 WITH added AS (
-    INSERT INTO agent_jobs (id, job)
-    SELECT id, job::jsonb FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS j(id, job, n)
+    INSERT INTO agent_jobs (id, job, secrets, digest)
+    SELECT id, job::jsonb, secrets, digest
+    FROM unnest($1::text[], $2::text[], $4::text[], $5::text[])
+        WITH ORDINALITY AS j(id, job, secrets, digest, n)
     ORDER BY n
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
 )
 SELECT pg_notify($3, count(*)::text) FROM added HAVING count(*) > 0
+"""
+# Run after ENQUEUE in its transaction (so it sees rows a concurrent enqueue just committed).
+DIFFERENT_CONTENT = """
+SELECT a.id FROM unnest($1::text[], $2::text[]) AS g(id, digest) JOIN agent_jobs a USING (id)
+WHERE a.digest IS NOT NULL AND a.digest <> g.digest LIMIT 1
 """
 
 # Two index-ordered scans (lapsed leases by deadline, then ready jobs by seq) that stop at the
@@ -98,7 +126,7 @@ UPDATE agent_jobs j
 SET state = 'processing', token = j.token + 1, attempt = j.attempt + 1, agent = $1,
     lease_until = now() + make_interval(secs => $2), updated = now()
 WHERE j.id IN (SELECT id FROM lapsed UNION ALL SELECT id FROM ready)
-RETURNING j.id, j.job::text, j.token, j.attempt, j.seq
+RETURNING j.id, j.job::text, j.token, j.attempt, j.seq, j.secrets
 """
 
 RENEW = """
@@ -110,7 +138,8 @@ RETURNING j.id, j.token
 
 COMPLETE = """
 UPDATE agent_jobs j
-SET state = c.state, result = c.result::jsonb, lease_until = NULL, updated = now()
+SET state = c.state, result = c.result::jsonb, secrets = NULL, lease_until = NULL,
+    updated = now()
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS c(id, token, state, result)
 WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
 RETURNING j.id, j.token
@@ -133,9 +162,9 @@ def _complete_args(results: list[tuple[Claim, Result]]) -> tuple[list[Any], ...]
     )
 
 
-def _claims(rows: list[Any], max_job_bytes: int) -> list[Claim]:
+def _claims(rows: list[Any], max_job_bytes: int, key: JobKey | None) -> list[Claim]:
     rows = sorted(rows, key=lambda row: row[4])  # RETURNING keeps no order
-    return [claim_of(row[0], row[1], row[2], row[3], max_job_bytes) for row in rows]
+    return [claim_of(row[0], row[1], row[2], row[3], max_job_bytes, row[5], key) for row in rows]
 
 
 def _fenced(claims: list[Claim], rows: list[Any]) -> list[Claim]:
@@ -145,8 +174,10 @@ def _fenced(claims: list[Claim], rows: list[Any]) -> list[Claim]:
 
 
 class PostgresQueue(Queue):
-    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8, key: JobKey | None = None) -> None:
+        """``key`` seals jobs' secrets (without one, a job carrying secrets is refused)."""
         self.url = url
+        self.key = key
         self.pool_size = pool_size
         self._pool: Any = None  # asyncpg.Pool
         self._listener: Any = None  # asyncpg.Connection holding LISTEN
@@ -301,9 +332,19 @@ class PostgresQueue(Queue):
 
     async def enqueue(self, jobs: list[Job]) -> list[str]:
         if jobs:
-            ids = [j.id for j in jobs]
-            bodies = [dumps(j.to_dict()) for j in jobs]
-            await self._db("enqueue", lambda pool: pool.execute(ENQUEUE, ids, bodies, CHANNEL))
+            rows = stored_form(jobs, self.key)
+            ids, digests = [r.id for r in rows], [r.digest for r in rows]
+            args = ([r.body for r in rows], CHANNEL, [r.sealed for r in rows], digests)
+
+            async def insert(pool: Any) -> str | None:
+                async with pool.acquire() as con, con.transaction():
+                    await con.execute(ENQUEUE, ids, *args)
+                    clash: str | None = await con.fetchval(DIFFERENT_CONTENT, ids, digests)
+                    if clash is not None:
+                        raise different_content(clash)  # rolls the batch back
+                return clash
+
+            await self._db("enqueue", insert)
         return [j.id for j in jobs]
 
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
@@ -312,7 +353,7 @@ class PostgresQueue(Queue):
         rows = await self._db(
             "claim", lambda pool: pool.fetch(CLAIM, agent, float(lease_seconds), limit)
         )
-        return _claims(rows, self.max_job_bytes)
+        return _claims(rows, self.max_job_bytes, self.key)
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
         if not claims:
@@ -350,7 +391,7 @@ class PostgresQueue(Queue):
 
         stored, taken = await self._db("exchange", both)
         return Exchange(
-            _fenced([c for c, _ in results], stored), _claims(taken, self.max_job_bytes)
+            _fenced([c for c, _ in results], stored), _claims(taken, self.max_job_bytes, self.key)
         )
 
     async def release(self, claims: list[Claim]) -> None:

@@ -5,6 +5,11 @@ each operation is one short transaction, and claims take the write lock up front
 (``BEGIN IMMEDIATE``) so two processes never claim the same job. The file is in WAL mode with a
 busy timeout, so the CLI can enqueue while the daemon claims.
 
+A job's secret fields are stored sealed in column ``secrets`` (see ``base.stored_form``) and set
+to NULL with its result. ``secure_delete`` makes SQLite overwrite what it frees with zeros, and a
+checkpoint after such an erasure truncates the WAL, so no copy is left in the files. The file
+(and so its -wal and -shm) is created mode 0600, its directory 0700.
+
 Leases are wall-clock deadlines (``lease_until``, seconds since the epoch) because they are
 compared across processes. A job whose lease lapsed is claimable again; the claim bumps its
 fencing ``token``, so the late agent's ``complete``/``renew``/``release`` no longer match.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +30,21 @@ from typing import Any, TypeVar
 import orjson
 
 from ..errors import ConfigError, QueueError
-from ..jobs import Job, Result
-from .base import Claim, Exchange, JobStatus, Queue, claim_from, dumps, unusable
+from ..jobs import SECRET_FIELDS, Job, Result, has_secrets
+from ..secure import JobKey, private_file
+from .base import (
+    Claim,
+    Exchange,
+    JobStatus,
+    Queue,
+    claim_sealed,
+    different_content,
+    dumps,
+    stored_form,
+    unusable,
+)
+
+log = logging.getLogger("agent.queues.sqlite")
 
 T = TypeVar("T")
 
@@ -43,10 +62,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    result TEXT
+    result TEXT,
+    secrets TEXT,
+    digest TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (seq) WHERE state = 'ready';
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'processing';
+"""
+ADDED_COLUMNS = ("secrets", "digest")  # files made before them get them on open
+# ... and their finished jobs lose the secrets earlier versions stored in clear text.
+ERASE_OLD_SECRETS = f"""
+UPDATE jobs SET job = json_remove(job, {", ".join(f"'$.{'.'.join(p)}'" for p in SECRET_FIELDS)})
+WHERE state IN ('processed', 'error') AND json_valid(job)
+    AND json_type(job, '$.inline_profile') IS NOT NULL
+"""
+
+# After inserting a batch of [id, digest]: the first id already stored with another digest.
+DIFFERENT_CONTENT = """
+SELECT jobs.id FROM json_each(?1) AS r JOIN jobs ON jobs.id = json_extract(r.value, '$[0]')
+WHERE jobs.digest IS NOT NULL AND jobs.digest <> json_extract(r.value, '$[1]') LIMIT 1
 """
 
 
@@ -82,7 +116,7 @@ SELECT json_group_array(json_array(
         seq, id, CASE WHEN length(CAST(job AS BLOB)) > ?4 THEN 0 ELSE json_valid(job) END,
         CASE WHEN length(CAST(job AS BLOB)) > ?4 THEN NULL
             WHEN json_valid(job) THEN json(job) ELSE job END,
-        token, attempt, length(CAST(job AS BLOB)))),
+        token, attempt, length(CAST(job AS BLOB)), secrets)),
     (SELECT data_version FROM pragma_data_version)
 FROM jobs
 WHERE state = 'processing' AND lease_until = ?3 AND updated = ?2 AND agent = ?1
@@ -92,6 +126,7 @@ STORE_RESULTS = """
 UPDATE jobs SET
     state = json_extract(r.value, '$[2]'),
     result = json_extract(r.value, '$[3]'),
+    secrets = NULL,
     lease_until = NULL,
     updated = ?1
 FROM json_each(?2) AS r
@@ -114,8 +149,11 @@ BUSY_WINDOW = 1.0  # seconds after the last claimed job during which the look st
 
 
 class SqliteQueue(Queue):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: JobKey | None = None) -> None:
+        """``key`` seals jobs' secrets; by default the file ``<path>.key``."""
         self.path = path
+        self.key = key or JobKey(path.with_name(path.name + ".key"))
+        self._scrub = False  # secrets were erased; the WAL still needs truncating
         self._db: sqlite3.Connection | None = None
         self._durable = True
         self._last_work = 0.0  # monotonic time of the last claim that returned jobs
@@ -144,13 +182,36 @@ class SqliteQueue(Queue):
                 "(the agent makes the file, not the directory)",
                 parameter="url",
             )
+        private_file(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA secure_delete = ON")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.executescript(SCHEMA)
+        self._add_columns(db)
         db.execute("PRAGMA busy_timeout = 0")  # writers wait in _begin's finer retries
         self._db = db
+
+    @staticmethod
+    def _add_columns(db: sqlite3.Connection) -> None:
+        have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        for name in ADDED_COLUMNS:
+            if name not in have:
+                try:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
+                except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
+                if name == "secrets":
+                    db.execute(ERASE_OLD_SECRETS)
+
+    def _scrub_wal(self) -> None:
+        """After secrets were erased: copy the WAL into the file and truncate it, so the old
+        page images holding them are gone. A reader in the way (another process mid-read)
+        makes it a no-op; the next commit tries again."""
+        busy, _, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self._scrub = busy != 0
 
     async def close(self) -> None:
         if self._db is not None:
@@ -237,14 +298,19 @@ class SqliteQueue(Queue):
     # -- operations --------------------------------------------------------------------------
 
     async def enqueue(self, jobs: list[Job]) -> list[str]:
-        rows = [(j.id, dumps(j.to_dict())) for j in jobs]
+        rows = stored_form(jobs, self.key)
 
         def insert(db: sqlite3.Connection) -> None:
             now = time.time()
             db.executemany(
-                "INSERT OR IGNORE INTO jobs (id, job, created, updated) VALUES (?, ?, ?, ?)",
-                [(i, body, now, now) for i, body in rows],
+                "INSERT OR IGNORE INTO jobs (id, job, secrets, digest, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.id, r.body, r.sealed, r.digest, now, now) for r in rows],
             )
+            given = dumps([[r.id, r.digest] for r in rows])
+            clash = db.execute(DIFFERENT_CONTENT, (given,)).fetchone()
+            if clash is not None:
+                raise different_content(clash[0])
 
         await self._run(self._transaction, insert)
         return [j.id for j in jobs]
@@ -256,8 +322,9 @@ class SqliteQueue(Queue):
         lets go of the GIL around every step of a statement, and getting it back while the
         event loop is busy can take a switch interval (5 ms), so a statement or a row per job
         would make the round trip as slow as the jobs are many. Returns a JSON array of
-        ``[seq, id, is_json, job, token, attempt, size]``, ``job`` being the stored object (or
-        the stored text when it is not JSON, or null when it is over ``max_job_bytes``).
+        ``[seq, id, is_json, job, token, attempt, size, secrets]``, ``job`` being the stored
+        object (or the stored text when it is not JSON, or null when it is over
+        ``max_job_bytes``), ``secrets`` its sealed secret fields or null.
         """
         now = time.time()
         until = now + lease_seconds
@@ -274,10 +341,10 @@ class SqliteQueue(Queue):
             rows.sort()  # oldest first
         limit = self.max_job_bytes
         return [
-            claim_from(job_id, raw, token, att, size=size, max_job_bytes=limit)
+            claim_sealed(job_id, raw, sealed, token, att, self.key, size=size, max_job_bytes=limit)
             if is_json or size > limit
             else unusable(job_id, token, att, "the stored job is not JSON")
-            for _, job_id, is_json, raw, token, att, size in rows
+            for _, job_id, is_json, raw, token, att, size, sealed in rows
         ]
 
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
@@ -322,7 +389,21 @@ class SqliteQueue(Queue):
     async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
         if not results:
             return []
-        return await self._run(self._transaction, lambda db: self._store(db, results))
+        fenced: list[Claim] = await self._run(
+            self._transaction, lambda db: self._store(db, results)
+        )
+        await self._after_store(results)
+        return fenced
+
+    async def _after_store(self, results: list[tuple[Claim, Result]]) -> None:
+        """Results are stored: if that erased secrets, scrub the WAL (a failure is retried at
+        the next store and never fails this one)."""
+        if self._scrub or any(has_secrets(c.job) for c, _ in results):
+            self._scrub = True
+            try:
+                await self._run(self._scrub_wal)
+            except QueueError as exc:
+                log.warning("%s; erased secrets stay in the WAL until a later checkpoint", exc)
 
     async def exchange(
         self,
@@ -338,6 +419,7 @@ class SqliteQueue(Queue):
             return fenced, self._take(db, agent, limit, lease_seconds) if limit > 0 else "[]"
 
         fenced, taken = await self._run(self._transaction, both, bool(results))
+        await self._after_store(results)
         return Exchange(fenced, self._claims(taken))
 
     async def release(self, claims: list[Claim]) -> None:
