@@ -31,6 +31,8 @@ log = logging.getLogger("agent.worker")
 QUEUE_BACKOFF_CAP = 30.0
 PREFETCH_MAX_FACTOR = 10  # the backlog grows to at most this many times threads.max
 JOURNAL_RETRY = 5.0
+IDLE_NOTE_EVERY = 10.0  # seconds: at most one "queue empty" debug line per this (or per poll)
+_clock = time.monotonic  # for the idle note's rate limit (tests replace it)
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Worker:
         self._heartbeat: asyncio.Task[None] | None = None
         self._queue_failures = 0
         self._journal_waiting = journal is not None  # results may wait from an earlier run
+        self._idle_noted = -float("inf")  # when the last "queue empty" debug line was written
         self.ready = asyncio.Event()
 
     # ------------------------------------------------------------------------------ control
@@ -315,6 +318,7 @@ class Worker:
         if not poll:
             await self._pump_wake.wait()
             return
+        self._note_idle()
         wake = asyncio.ensure_future(self._pump_wake.wait())
         work = asyncio.ensure_future(self.queue.wait_for_work(self.config.poll_time))
         try:
@@ -325,6 +329,17 @@ class Worker:
             await asyncio.gather(wake, work, return_exceptions=True)
         if work.done() and not work.cancelled():
             self._queue_empty = False
+
+    def _note_idle(self) -> None:
+        """One debug line per poll cycle, at most one per poll interval or IDLE_NOTE_EVERY
+        (wake-ups can make cycles much shorter), so an idle agent at debug shows it polls."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        now = _clock()
+        if now - self._idle_noted < max(self.config.poll_time, IDLE_NOTE_EVERY):
+            return
+        self._idle_noted = now
+        log.debug("queue empty, next poll in %gs", self.config.poll_time)
 
     def _fill_slots(self) -> None:
         if self._stopping.is_set():
