@@ -161,9 +161,21 @@ class Credentials:
             cached = self._profiles.get(profile.name)
             if cached is not None and not await self._changed(profile, cached):
                 return cached.identity
-            identity = await self._load_profile(profile)
             files = _files_of(profile)
             mtimes = await asyncio.to_thread(_mtimes, files) if files else ()
+            try:
+                identity = await self._load_profile(profile)
+            except AgentError as exc:
+                if cached is None:
+                    raise
+                cached.mtimes = mtimes  # tried once: again only when the files change again
+                log.error(
+                    "profile %s: its files changed but cannot be loaded (%s); new jobs keep "
+                    "the material loaded before",
+                    profile.name,
+                    exc,
+                )
+                return cached.identity
             self._profiles[profile.name] = _Cached(identity, mtimes, time.monotonic())
             if cached is not None:
                 log.info("profile %s: key material changed; new connections use it", profile.name)

@@ -179,3 +179,25 @@ async def test_vault_profiles_are_checked_in_the_config_only(setup: Setup) -> No
         await log.until("configuration reloaded: 2 profile(s)")
         assert (await client_dn(config, "file-profile", setup.url)).startswith("CN=client-keytool")
     assert "s.test-token" not in json.dumps(log.lines)
+
+
+async def test_a_keystore_file_that_changes_into_something_unloadable_keeps_the_old_material(
+    setup: Setup, keystore: bytes
+) -> None:
+    """Without a SIGHUP, a changed keystore file is picked up by the next job; one that cannot
+    be loaded (here half written) is reported once and the jobs go on with the old material."""
+    config = setup.write()
+    async with daemon(config) as log:
+        assert (await client_dn(config, "first", setup.url)).startswith("CN=client-keytool")
+        (setup.directory / "partner.jks").write_bytes(keystore[: len(keystore) // 2])
+        for attempt in range(30):  # the files are looked at at most once a second, on use
+            dn = await client_dn(config, f"later-{attempt}", setup.url)
+            assert dn.startswith("CN=client-keytool"), dn
+            if any("cannot be loaded" in str(e["msg"]) for e in log.lines):
+                break
+            await log.until("job later-")  # read what the daemon logged for this job
+        else:
+            raise AssertionError(f"the broken keystore was never noticed: {log.lines}")
+        [noted] = [e for e in log.lines if "cannot be loaded" in str(e["msg"])]
+        assert noted["level"] == "error" and "profile partner" in str(noted["msg"])
+        assert "keep the material loaded before" in str(noted["msg"])
