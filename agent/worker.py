@@ -285,13 +285,19 @@ class Worker:
         or renewal); a claim made first would take such jobs back (lapsed leases come first)
         and run them again. On failure ``results`` go to the journal and the pump backs off."""
         try:
-            await self._deliver_journal()
-            await self._renew_once()
+            delivered = await self._deliver_journal()
+            renewed = await self._renew_once()
         except QueueError as exc:
             await self._not_stored(results, exc)
             await self._back_off(exc)
             return False
         self._recovering = False
+        log.info(
+            "after the queue failure: %d journaled result(s) delivered and %d lease(s) "
+            "renewed before claiming again",
+            delivered,
+            renewed,
+        )
         return True
 
     async def _not_stored(
@@ -502,11 +508,12 @@ class Worker:
                 self._recovering = True
                 log.error("cannot renew leases (%s)", exc)
 
-    async def _renew_once(self) -> None:
-        """Extend every lease held; drop the claims another agent took meanwhile."""
+    async def _renew_once(self) -> int:
+        """Extend every lease held; drop the claims another agent took meanwhile. Returns how
+        many leases are still ours."""
         claims = list(self._unfinished.values())
         if not claims:
-            return
+            return 0
         lost = await self.queue.renew(claims, self.config.lease_seconds)
         # A claim whose result was stored (or that was released) meanwhile is not lost.
         lost = [c for c in lost if self._unfinished.get(c.job.id) is c]
@@ -523,3 +530,4 @@ class Worker:
                     "job %s: lease lost to another agent; its result will be dropped",
                     claim.job.id,
                 )
+        return len(claims) - len(lost)
