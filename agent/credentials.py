@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import logging
 import ssl
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AgentConfig, ProfileConfig
-from .errors import KeystoreError, UnknownProfileError
+from .errors import AgentError, KeystoreError, UnknownProfileError
 from .jobs import SNI, InlineProfile, Job
 from .keystores.sources import ProfileMaterial, load_file_profile, load_inline
 from .tls import build_context
@@ -33,6 +34,10 @@ STAT_INTERVAL = 1.0  # seconds between checks of a profile's files for changes
 
 # Loads a profile's material from somewhere other than files (the vault); set by the vault layer.
 VaultLoader = Callable[[ProfileConfig], Awaitable[ProfileMaterial]]
+
+# Generations are numbered process-wide, so identity keys never repeat, not even between the
+# running credentials and a configuration staged beside them (``stage``).
+_GENERATIONS = itertools.count(1)
 
 
 @dataclass
@@ -97,20 +102,23 @@ class Credentials:
     def __init__(self, config: AgentConfig, vault_loader: VaultLoader | None = None) -> None:
         self.config = config
         self.vault_loader = vault_loader
-        self._generation = 0
+        self._generation = next(_GENERATIONS)
         self._profiles: dict[str, _Cached] = {}
         self._inline: OrderedDict[str, Identity] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._default: Identity | None = None
         self.on_rotate: list[Callable[[str], None]] = []
 
-    def reload(self, config: AgentConfig) -> None:
-        """Take a new configuration: every profile is loaded afresh on next use."""
+    def reload(self, config: AgentConfig, staged: Staged | None = None) -> None:
+        """Take a new configuration: the profiles ``staged`` loaded for it are in force at once,
+        the others are loaded afresh on next use."""
         self.config = config
-        self._generation += 1
+        self._generation = next(_GENERATIONS)
         self._profiles.clear()
         self._inline.clear()
         self._default = None
+        if staged is not None and staged.config is config:
+            self._profiles.update(staged.loaded)
 
     def profile_for(self, job: Job) -> ProfileConfig | None:
         """The job's profile; names (``protocol_profile`` or a ``<profile>://`` endpoint) are
@@ -155,9 +163,21 @@ class Credentials:
             cached = self._profiles.get(profile.name)
             if cached is not None and not await self._changed(profile, cached):
                 return cached.identity
-            identity = await self._load_profile(profile)
             files = _files_of(profile)
             mtimes = await asyncio.to_thread(_mtimes, files) if files else ()
+            try:
+                identity = await self._load_profile(profile)
+            except AgentError as exc:
+                if cached is None:
+                    raise
+                cached.mtimes = mtimes  # tried once: again only when the files change again
+                log.error(
+                    "profile %s: its files changed but cannot be loaded (%s); new jobs keep "
+                    "the material loaded before",
+                    profile.name,
+                    exc,
+                )
+                return cached.identity
             self._profiles[profile.name] = _Cached(identity, mtimes, time.monotonic())
             if cached is not None:
                 log.info("profile %s: key material changed; new connections use it", profile.name)
@@ -169,7 +189,7 @@ class Credentials:
         """Swap in rotated material (a renewed vault certificate) for new connections."""
         profile = self.config.profiles[name]
         old = self._profiles.get(name)
-        self._generation += 1
+        self._generation = next(_GENERATIONS)
         identity = Identity(
             f"profile:{name}#{self._generation}", name, material, profile.sni, profile.port
         )
@@ -198,7 +218,7 @@ class Credentials:
             material = await self.vault_loader(profile)
         else:
             material = await asyncio.to_thread(load_file_profile, profile)
-        self._generation += 1
+        self._generation = next(_GENERATIONS)
         key = f"profile:{profile.name}#{self._generation}"
         identity = Identity(key, profile.name, material, profile.sni, profile.port)
         await asyncio.to_thread(identity.context, True)  # build off the loop; fail early
@@ -219,6 +239,44 @@ class Credentials:
             for callback in self.on_rotate:
                 callback(old.key)
         return identity
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A configuration's file-based profiles, loaded beside the running ones (``stage``)."""
+
+    config: AgentConfig
+    loaded: dict[str, _Cached]
+    problems: dict[str, str]  # profile → why its material did not load
+    vault_profiles: tuple[str, ...]  # material in the vault: checked in the config only
+
+
+async def stage(config: AgentConfig) -> Staged:
+    """Load every file-based profile of ``config`` (keystore, key, truststore, TLS context)
+    without touching the credentials in force, so a reload can be all or nothing.
+
+    Vault profiles are not fetched: the vault may be slow or briefly away, and a reload must not
+    wait on it; their material is loaded on first use, as at start.
+    """
+    side = Credentials(config)
+    problems: dict[str, str] = {}
+    vault: list[str] = []
+    for name in sorted(config.profiles):
+        profile = config.profiles[name]
+        if profile.vault_path or profile.vault_pki:
+            vault.append(name)
+            continue
+        try:
+            await side.for_profile(profile)
+        except AgentError as exc:
+            problems[name] = _naming(name, str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever breaks the load refuses the reload
+            problems[name] = _naming(name, f"cannot be loaded ({exc.__class__.__name__}: {exc})")
+    return Staged(config, dict(side._profiles), problems, tuple(vault))
+
+
+def _naming(profile: str, message: str) -> str:
+    return message if message.startswith(f"profile {profile}") else f"profile {profile}: {message}"
 
 
 def _check_validity(identity: Identity) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 import threading
@@ -20,7 +21,25 @@ LEVELS = {
     "warn": logging.WARNING,
     "error": logging.ERROR,
 }
-EXTRA_FIELDS = ("job_id", "profile", "host", "outcome", "status", "duration_ms")
+EXTRA_FIELDS = ("worker", "job_id", "profile", "host", "outcome", "status", "duration_ms")
+WORKER_ENV = "AGENT_WORKER_INDEX"  # set by the supervisor for each worker process
+
+
+class WorkerField(logging.Filter):
+    """Stamps every record of a worker process with its index (``agent.workers`` > 1)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def _worker_index() -> int | None:
+    value = os.environ.get(WORKER_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 class JSONFormatter(logging.Formatter):
@@ -130,10 +149,12 @@ def setup_logging(level: str, *, json_lines: bool | None = None, background: boo
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
+    worker = _worker_index()
+    tag = "" if worker is None else f"worker {worker} "
     handler.setFormatter(
         JSONFormatter()
         if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        else logging.Formatter(f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s")
     )
     _stop_listener()
     root = logging.getLogger()
@@ -151,4 +172,6 @@ def setup_logging(level: str, *, json_lines: bool | None = None, background: boo
         root.handlers[:] = [_Handoff(records)]
     else:
         root.handlers[:] = [handler]
+    if worker is not None:
+        root.handlers[0].addFilter(WorkerField(worker))
     root.setLevel(LEVELS.get(level, logging.INFO))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .call import Caller, address_allow_list
 from .config import AgentConfig, ProfileConfig
-from .credentials import Credentials
+from .credentials import Credentials, Staged, stage
 from .errors import AgentError, ConfigError, QueueError, VaultError
 from .health import HealthServer, Readiness, serves_health
 from .jobs import Result
@@ -51,12 +51,13 @@ class Engine:
         self.on_vault_error: list[Callable[[], None]] = []
         self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
 
-    def reload(self, config: AgentConfig) -> None:
-        """New config in force for the next job; connections under old material retire."""
+    def reload(self, config: AgentConfig, staged: Staged | None = None) -> None:
+        """New config in force for the next job; connections under old material retire.
+        ``staged``: the new config's profiles already loaded (``credentials.stage``)."""
         old_vault = self.config.vault
         self.config = config
         self.caller.config = config
-        self.credentials.reload(config)
+        self.credentials.reload(config, staged)
         self.transport.set_resolve(config.resolve)
         self.transport.set_allow(address_allow_list(config))
         self.transport.retire_all()
@@ -131,6 +132,8 @@ class Daemon:
         self.worker: Worker | None = None
         self.on_report: list[Callable[[ProfileReport], None]] = []
         self._check_now = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[bool]] = set()
         self._wire_operations(metrics)
 
     async def run(self) -> int:
@@ -160,8 +163,9 @@ class Daemon:
             await self._start_operations()
             stats = await self.worker.serve()
         finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            for task in (watch, *self._reloads):
+                task.cancel()
+            await asyncio.gather(watch, *self._reloads, return_exceptions=True)
             await self._stop_operations()
             await self.engine.close()
             await self.queue.close()
@@ -276,28 +280,55 @@ class Daemon:
             loop.remove_signal_handler(sig)
 
     def reload(self) -> None:
-        """SIGHUP: re-read config.xml; a broken one is reported and the old one stays."""
+        """SIGHUP: start a reload (the handler only starts it; reloads run one at a time)."""
         if self.config_path is None:
             return
-        self.notifier.reloading()
-        try:
-            self._reload(self.config_path)
-        finally:
-            self.notifier.ready(self._status())
+        task = asyncio.get_running_loop().create_task(self.reload_now(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
-    def _reload(self, config_path: Path) -> None:
+    async def reload_now(self) -> bool:
+        """Re-read config.xml and load every file-based profile beside the running ones; put
+        the new configuration in force only if all of it loaded. Returns whether it did."""
+        assert self.config_path is not None
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                checked = await self._check_reload(self.config_path)
+                if checked is not None:
+                    self._apply(*checked)
+                return checked is not None
+            finally:
+                self.notifier.ready(self._status())
+
+    async def _check_reload(self, config_path: Path) -> tuple[AgentConfig, Staged] | None:
+        """The new configuration and its loaded profiles, or None (logged) to keep the old."""
         try:
-            new = self.loader(config_path)  # checks agent.outbound.allow too
+            new = await asyncio.to_thread(self.loader, config_path)  # checks the allow list too
         except AgentError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
-            return
+            log.error("%s: %s", REFUSED, exc)
+            return None
+        staged = await stage(new)
+        problems = [*staged.problems.values(), *_vault_problems(new, staged.vault_profiles)]
+        if problems:
+            log.error("%s: %s", REFUSED, "; ".join(problems))
+            return None
+        if staged.vault_profiles:
+            log.info(
+                "reload: profile(s) %s keep their material in the vault: checked in config.xml "
+                "only; the vault is asked on their next job",
+                ", ".join(staged.vault_profiles),
+            )
         if new.url != self.config.url:
             log.warning(
                 "reload: a new url needs a restart; keeping %s", redact_url(self.config.url)
             )
             new = _with_url(new, self.config.url)
+        return new, staged
+
+    def _apply(self, new: AgentConfig, staged: Staged) -> None:
         self.config = new
-        self.engine.reload(new)
+        self.engine.reload(new, staged)
         if self.worker is not None:
             self.worker.config = new
             self.worker.wake()
@@ -308,6 +339,22 @@ class Daemon:
             self.metrics.forget_profile(name)
         self._check_now.set()
         log.info("configuration reloaded: %d profile(s)", len(new.profiles))
+
+
+REFUSED = "reload refused, keeping the running configuration"
+
+
+def _vault_problems(config: AgentConfig, names: tuple[str, ...]) -> list[str]:
+    """What config.xml alone says is wrong with reaching the vault, for profiles that use it."""
+    if not names:
+        return []
+    from .keystores.vault import Vault  # hvac is only imported when a profile needs it
+
+    try:
+        Vault(config.vault)  # checks the settings; connects only on start()
+    except ConfigError as exc:
+        return [f"profile {', '.join(names)}: {exc.message}"]
+    return []
 
 
 def _stale_after(config: AgentConfig) -> float:

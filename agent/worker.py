@@ -31,6 +31,8 @@ log = logging.getLogger("agent.worker")
 QUEUE_BACKOFF_CAP = 30.0
 PREFETCH_MAX_FACTOR = 10  # the backlog grows to at most this many times threads.max
 JOURNAL_RETRY = 5.0
+IDLE_NOTE_EVERY = 10.0  # seconds: at most one "queue empty" debug line per this (or per poll)
+_clock = time.monotonic  # for the idle note's rate limit (tests replace it)
 
 
 @dataclass
@@ -114,7 +116,10 @@ class Worker:
         self._freed = 0  # slots freed so far (jobs finished or given up)
         self._heartbeat: asyncio.Task[None] | None = None
         self._queue_failures = 0
-        self._journal_waiting = journal is not None  # results may wait from an earlier run
+        # The queue failed since the last good round trip (or results wait in the journal):
+        # before the next claim, deliver the journal and renew every lease (see ``_recover``).
+        self._recovering = False
+        self._idle_noted = -float("inf")  # when the last "queue empty" debug line was written
         self.ready = asyncio.Event()
 
     # ------------------------------------------------------------------------------ control
@@ -210,6 +215,9 @@ class Worker:
                     return
                 await self._idle(poll=self._wanted() > 0 and self._queue_empty)
                 continue
+            recover = self._recovering and not self._stopping.is_set()
+            if recover and not await self._recover(results):
+                continue
             await self._round_trip(results, want)
 
     def _busy(self) -> bool:
@@ -229,6 +237,7 @@ class Worker:
                 self.config.lease_seconds,
             )
         except QueueError as exc:
+            self._recovering = True
             if want:
                 self._claimed(start, exc)
             await self._not_stored(results, exc)
@@ -236,6 +245,7 @@ class Worker:
                 await self._back_off(exc)
             return
         except Exception as exc:  # noqa: BLE001 - a bug here must not strand the batch
+            self._recovering = True
             log.exception("storing %d result(s) failed", len(results))
             await self._not_stored(results, QueueError(f"storing results failed: {exc!r}"))
             if back_off:
@@ -253,6 +263,7 @@ class Worker:
         if want:
             self._claimed(start, done.claim_error)
             if done.claim_error is not None:
+                self._recovering = True
                 await self._back_off(done.claim_error)
                 return
             self._queue_failures = 0
@@ -262,12 +273,32 @@ class Worker:
                 self._unfinished[claim.job.id] = claim
             self._backlog.extend(done.claims)
             self._fill_slots()
-        if self._journal_waiting:
-            await self.deliver_journal()
 
     async def store(self, results: list[tuple[Claim, Result, float]]) -> None:
         """Store finished results now, or journal them when the queue cannot take them."""
         await self._round_trip(results, 0, back_off=False)
+
+    async def _recover(self, results: list[tuple[Claim, Result, float]]) -> bool:
+        """The queue failed since the last good round trip: before anything new is claimed,
+        hand it the journal's results and renew every lease held. A lease that lapsed meanwhile
+        is still this agent's if nobody claimed the job since (the queue then takes its result
+        or renewal); a claim made first would take such jobs back (lapsed leases come first)
+        and run them again. On failure ``results`` go to the journal and the pump backs off."""
+        try:
+            delivered = await self._deliver_journal()
+            renewed = await self._renew_once()
+        except QueueError as exc:
+            await self._not_stored(results, exc)
+            await self._back_off(exc)
+            return False
+        self._recovering = False
+        log.info(
+            "after the queue failure: %d journaled result(s) delivered and %d lease(s) "
+            "renewed before claiming again",
+            delivered,
+            renewed,
+        )
+        return True
 
     async def _not_stored(
         self, results: list[tuple[Claim, Result, float]], exc: QueueError
@@ -315,6 +346,7 @@ class Worker:
         if not poll:
             await self._pump_wake.wait()
             return
+        self._note_idle()
         wake = asyncio.ensure_future(self._pump_wake.wait())
         work = asyncio.ensure_future(self.queue.wait_for_work(self.config.poll_time))
         try:
@@ -325,6 +357,17 @@ class Worker:
             await asyncio.gather(wake, work, return_exceptions=True)
         if work.done() and not work.cancelled():
             self._queue_empty = False
+
+    def _note_idle(self) -> None:
+        """One debug line per poll cycle, at most one per poll interval or IDLE_NOTE_EVERY
+        (wake-ups can make cycles much shorter), so an idle agent at debug shows it polls."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        now = _clock()
+        if now - self._idle_noted < max(self.config.poll_time, IDLE_NOTE_EVERY):
+            return
+        self._idle_noted = now
+        log.debug("queue empty, next poll in %gs", self.config.poll_time)
 
     def _fill_slots(self) -> None:
         if self._stopping.is_set():
@@ -386,30 +429,41 @@ class Worker:
             log.error("job %s: cannot store its result (%s); it will run again", claim.job.id, exc)
             return
         await self.journal.put(claim, result)
-        self._journal_waiting = True
+        self._recovering = True
         self.stats.journaled += 1
         log.warning("job %s: queue unreachable (%s); result kept in the journal", claim.job.id, exc)
 
     async def deliver_journal(self) -> int:
-        """Hand journaled results to the queue; returns how many were delivered."""
+        """Hand journaled results to the queue; returns how many it took."""
+        try:
+            return await self._deliver_journal()
+        except QueueError as exc:
+            self._recovering = True
+            log.warning("journal: results still waiting for the queue (%s)", exc)
+            return 0
+
+    async def _deliver_journal(self) -> int:
+        """``deliver_journal``, raising QueueError when the queue does not take them."""
         if self.journal is None:
             return 0
         pending = await self.journal.pending()
         if not pending:
-            self._journal_waiting = False
             return 0
-        try:
-            await self.queue.complete(pending)
-        except QueueError as exc:
-            log.warning("journal: %d result(s) still waiting for the queue (%s)", len(pending), exc)
-            return 0
+        fenced = {(c.job.id, c.token) for c in await self.queue.complete(pending)}
         await self.journal.remove([claim.job.id for claim, _ in pending])
-        self._journal_waiting = False
-        delivered = sum(result.state == "processed" for _, result in pending)
+        taken = [(c, r) for c, r in pending if (c.job.id, c.token) not in fenced]
+        for claim, _ in pending:
+            if (claim.job.id, claim.token) in fenced:
+                self.stats.fenced += 1
+                log.warning(
+                    "job %s: journaled result refused (claimed again meanwhile, or already stored)",
+                    claim.job.id,
+                )
+        delivered = sum(result.state == "processed" for _, result in taken)
         self.stats.processed += delivered
-        self.stats.errors += len(pending) - delivered
-        log.info("journal: delivered %d result(s) kept while the queue was away", len(pending))
-        return len(pending)
+        self.stats.errors += len(taken) - delivered
+        log.info("journal: delivered %d result(s) kept while the queue was away", len(taken))
+        return len(taken)
 
     async def _drain(self) -> None:
         if not self._running:
@@ -448,28 +502,32 @@ class Worker:
         interval = max(0.1, self.config.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            claims = list(self._unfinished.values())
-            if not claims:
-                continue
             try:
-                lost = await self.queue.renew(claims, self.config.lease_seconds)
+                await self._renew_once()
             except QueueError as exc:
+                self._recovering = True
                 log.error("cannot renew leases (%s)", exc)
-                continue
-            # A claim whose result was stored (or that was released) meanwhile is not lost.
-            lost = [c for c in lost if self._unfinished.get(c.job.id) is c]
-            gone = {(c.job.id, c.token) for c in lost}
-            dropped = {(c.job.id, c.token) for c in self._backlog} & gone
-            if dropped:  # not started yet: another agent has them, so they do not run here
-                self._backlog = deque(
-                    c for c in self._backlog if (c.job.id, c.token) not in dropped
+
+    async def _renew_once(self) -> int:
+        """Extend every lease held; drop the claims another agent took meanwhile. Returns how
+        many leases are still ours."""
+        claims = list(self._unfinished.values())
+        if not claims:
+            return 0
+        lost = await self.queue.renew(claims, self.config.lease_seconds)
+        # A claim whose result was stored (or that was released) meanwhile is not lost.
+        lost = [c for c in lost if self._unfinished.get(c.job.id) is c]
+        gone = {(c.job.id, c.token) for c in lost}
+        dropped = {(c.job.id, c.token) for c in self._backlog} & gone
+        if dropped:  # not started yet: another agent has them, so they do not run here
+            self._backlog = deque(c for c in self._backlog if (c.job.id, c.token) not in dropped)
+        for claim in lost:
+            if (claim.job.id, claim.token) in dropped:
+                self._unfinished.pop(claim.job.id, None)
+                log.warning("job %s: lease lost before it started; not run here", claim.job.id)
+            else:
+                log.warning(
+                    "job %s: lease lost to another agent; its result will be dropped",
+                    claim.job.id,
                 )
-            for claim in lost:
-                if (claim.job.id, claim.token) in dropped:
-                    self._unfinished.pop(claim.job.id, None)
-                    log.warning("job %s: lease lost before it started; not run here", claim.job.id)
-                else:
-                    log.warning(
-                        "job %s: lease lost to another agent; its result will be dropped",
-                        claim.job.id,
-                    )
+        return len(claims) - len(lost)

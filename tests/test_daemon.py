@@ -281,3 +281,47 @@ async def test_a_stored_row_that_is_no_job_ends_invalid_and_the_rest_run(
         result = json.loads((await arun_agent("-c", str(config), "result", bad)).stdout)
         assert result["state"] == "error" and result["error"]["kind"] == "invalid_job"
         assert bad in result["error"]["message"] and needle in result["error"]["message"]
+
+
+async def test_worker_processes_name_themselves_and_say_when_idle(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    """``agent.workers`` = 2 at debug: every line a worker writes carries its index, and an idle
+    worker says it polls an empty queue."""
+    import os
+    import time
+
+    params = {"agent.workers": "2", "mid.log.level": "debug"}
+    config = profile_config(tmp_path, pki, mtls_server.port, **params)
+    log = tmp_path / "agent.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MID_CONFIG_")}
+    with log.open("wb") as sink:
+        daemon = await asyncio.create_subprocess_exec(
+            *agent_cmd("-c", str(config), "run"), stderr=sink, env=env
+        )
+
+    def entries() -> list[dict[str, object]]:
+        return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
+
+    try:
+        await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(job("named", 0)))
+        deadline = time.monotonic() + 60
+        while {e.get("worker") for e in entries() if "queue empty" in str(e["msg"])} != {0, 1}:
+            assert daemon.returncode is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    logged = entries()
+    # lines without the field are the supervisor's own (its event loop's included)
+    unnamed = {str(e["logger"]) for e in logged if "worker" not in e}
+    assert unnamed == {"agent.supervisor", "asyncio"}, unnamed
+    workers = [e for e in logged if "worker" in e]
+    assert {e["worker"] for e in workers if "started:" in str(e["msg"])} == {0, 1}
+    assert {e["worker"] for e in workers if "agent stopped" in str(e["msg"])} == {0, 1}
+    [done] = [e for e in workers if e.get("job_id") == "named"]
+    idle = [e for e in workers if "queue empty" in str(e["msg"])]
+    assert {e["level"] for e in idle} == {"debug"}
+    assert "queue empty, next poll in 0.2s" in {str(e["msg"]) for e in idle}
+    assert done["worker"] in (0, 1)

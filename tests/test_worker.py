@@ -4,6 +4,7 @@ backs off from a queue that does not answer."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -190,3 +191,46 @@ async def test_jobs_finishing_during_an_outage_do_not_cut_the_back_off_short(
     assert stats.journaled == 4 and len(await journal.pending()) == 4
     journal.close()
     await queue.close()
+
+
+async def test_an_idle_worker_says_so_at_debug_at_most_once_per_interval(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One "queue empty" debug line per poll cycle, rate-limited: the clock the limit reads is
+    the test's, so many quick cycles make one line until it moves on."""
+    from dataclasses import replace
+
+    from agent import worker as worker_module
+
+    now = [1000.0]
+    monkeypatch.setattr(worker_module, "_clock", lambda: now[0])
+    polls = 0
+    waited = setup.queue.wait_for_work
+
+    async def counting(timeout: float) -> None:
+        nonlocal polls
+        polls += 1
+        await waited(timeout)
+
+    monkeypatch.setattr(setup.queue, "wait_for_work", counting)
+    config = replace(setup.config, poll_time=0.01)
+    worker = Worker(config, setup.queue, setup.engine.caller)
+    caplog.set_level(logging.DEBUG, logger="agent.worker")
+    serving = asyncio.create_task(worker.serve())
+
+    def notes() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "queue empty" in r.getMessage()]
+
+    async def polled(count: int) -> bool:
+        return polls >= count
+
+    try:
+        await until(lambda: polled(5), "five idle polls")
+        assert notes() == ["queue empty, next poll in 0.01s"]
+        now[0] += worker_module.IDLE_NOTE_EVERY
+        more = polls + 5
+        await until(lambda: polled(more), "five more idle polls")
+        assert len(notes()) == 2
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(serving, 30)
