@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, load_config
-from agent.jobs import Job
+from agent.config.config import AgentConfig, load_config
+from agent.jobs.model import Job
 from agent.queues import Queue, open_queue
 
 from .peer import HOST, PATH, BenchPKI

@@ -1,7 +1,7 @@
 """The baselines the agent is compared with, each measured against the same nginx in the same run.
 
 Every client presents the same client certificate and trusts the same root. The Python ones use
-the very ``ssl.SSLContext`` the agent builds for a profile (``agent.tls.build_context`` over
+the very ``ssl.SSLContext`` the agent builds for a profile (``agent.tls.context.build_context`` over
 ``load_file_profile``), so TLS settings cannot explain a difference.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from agent.config import ProfileConfig
-from agent.keystores.sources import load_file_profile
-from agent.tls import build_context
+from agent.config.config import ProfileConfig
+from agent.credentials.sources import load_file_profile
+from agent.tls.context import build_context
 
 from .peer import HOST, BenchPKI
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.pki import CA
+from agent.commands.demo.pki import CA
 from tests.servers import Managed, accepts, free_port
 
 HOST = "localhost"  # the URL host: SNI is sent, the server certificate names it

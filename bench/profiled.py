@@ -28,7 +28,7 @@ def main() -> int:
         profiler.enable()  # replaces this hook for the rest of the thread
 
     threading.setprofile(start_thread)
-    from agent.cli import main as agent_main
+    from agent.commands.cli import main as agent_main
 
     main_profiler = cProfile.Profile()
     main_profiler.enable()

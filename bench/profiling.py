@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config import load_config
+from agent.config.config import load_config
 
 from . import agentrun
 from .peer import BenchNginx, BenchPKI

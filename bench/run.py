@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_config
+from agent.config.config import load_config
 from agent.queues import open_queue
 
 from . import agentrun, clients

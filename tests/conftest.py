@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.demoserver import DemoServer
-from agent.pki import CA, Issued
+from agent.commands.demo.demoserver import DemoServer
+from agent.commands.demo.pki import CA, Issued
 from tests.servers import nginx_ports, server_pki  # noqa: F401 - fixtures
 
 P12_PASSWORD = "p12-Secret-Pass"

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.pki import CA
+from agent.commands.demo.pki import CA
 
 
 def run(*args: str | Path, stdin: bytes | None = None) -> bytes:

@@ -25,7 +25,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from agent.pki import CA
+from agent.commands.demo.pki import CA
 
 START_TIMEOUT = 30.0
 STARTS = 3  # attempts, in case another process takes the chosen port meanwhile

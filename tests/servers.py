@@ -62,7 +62,7 @@ from typing import Self
 
 import pytest
 
-from agent.pki import CA, Issued
+from agent.commands.demo.pki import CA, Issued
 
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 START_TIMEOUT = 10.0

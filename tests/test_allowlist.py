@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.allowlist import PARAMETER, AllowList
-from agent.config import load_config
-from agent.demoserver import DemoServer
+from agent.commands.demo.demoserver import DemoServer
+from agent.config.config import load_config
 from agent.errors import ConfigError, DestinationDenied
-from agent.jobs import Job
-from agent.runtime import Engine
+from agent.http.allowlist import PARAMETER, AllowList
+from agent.jobs.model import Job
+from agent.service.runtime import Engine
 from tests.conftest import PKI, arun_agent, profile_config
 
 pytestmark = pytest.mark.timeout(60)

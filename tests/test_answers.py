@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_config
-from agent.jobs import Job, Result
-from agent.runtime import Engine
-from agent.transport import MAX_FIELD, MAX_HEADERS
+from agent.config.config import load_config
+from agent.http.transport import MAX_FIELD, MAX_HEADERS
+from agent.jobs.model import Job, Result
+from agent.service.runtime import Engine
 from tests.conftest import PKI, profile_config
 from tests.servers import NginxPorts, ServerPKI
 from tests.test_timeouts import server_context

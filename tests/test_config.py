@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
+from agent.config.config import AgentConfig
+from agent.config.secure import key_path_for, load_secure_config
 from agent.errors import ConfigError
-from agent.secure import key_path_for, load_secure_config
 
 FULL = b"""<?xml version="1.0" encoding="UTF-8"?>
 <parameters>

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.demoserver import DemoServer
+from agent.commands.demo.demoserver import DemoServer
 from tests.conftest import (
     P12_PASSWORD,
     PKI,

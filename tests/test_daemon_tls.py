@@ -9,10 +9,10 @@ import shutil
 import signal
 from pathlib import Path
 
-from agent.demoserver import DemoServer
-from agent.jobs import Job
+from agent.commands.demo.demoserver import DemoServer
+from agent.jobs.model import Job
 from agent.queues.sqlite import SqliteQueue
-from agent.runtime import Engine
+from agent.service.runtime import Engine
 from tests.conftest import PKI, arun_agent, profile_config, write_config
 from tests.servers import NginxPorts, ServerPKI, Tinyproxy
 from tests.test_daemon import log_line, start_daemon

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
-from agent.demoserver import DemoServer
-from agent.pki import CA
+from agent.commands.cli import build_parser
+from agent.commands.demo.demoserver import DemoServer
+from agent.commands.demo.pki import CA
 from tests.conftest import PKI, agent_cmd, arun_agent, profile_config, run_agent, write_config
 
 pytestmark = pytest.mark.timeout(120)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import parse_jobs
-from agent.config import AgentConfig
+from agent.commands.cli import parse_jobs
+from agent.config.config import AgentConfig
 from agent.errors import ConfigError, JobError
-from agent.jobs import Job
-from agent.soap import parse_response
+from agent.http.soap import parse_response
+from agent.jobs.model import Job
 from tests.fuzz import targets
 from tests.fuzz.targets import TARGETS, ContractBroken
 

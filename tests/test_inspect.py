@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.commands.demo.pki import CA, Issued
+from agent.credentials.formats import KeyMaterial, load_keystore, load_truststore
+from agent.credentials.inspect import inspect_profile, report_error
+from agent.credentials.sources import ProfileMaterial
 from agent.errors import KeystoreError
-from agent.keystores.formats import KeyMaterial, load_keystore, load_truststore
-from agent.keystores.inspect import inspect_profile, report_error
-from agent.keystores.sources import ProfileMaterial
-from agent.pki import CA, Issued
 
 from . import keytool as kt
 from .keytool import pem

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_config
+from agent.config.config import load_config
 from agent.queues import Claim, open_queue
 from agent.queues.sqlite import SqliteQueue
 from tests.conftest import arun_agent, write_config

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent.errors import JobError
-from agent.jobs import Job, Result, TLSInfo
+from agent.jobs.model import Job, Result, TLSInfo
 
 BASE: dict[str, Any] = {"topic": "RESTProbe", "endpoint": "https://api.example/x"}
 
@@ -98,7 +98,7 @@ def test_result_to_dict_carries_every_field() -> None:
     """to_dict is written out by hand for speed: it must still carry every field there is."""
     from dataclasses import asdict
 
-    from agent.jobs import ErrorInfo, SoapFault, TLSInfo
+    from agent.jobs.model import ErrorInfo, SoapFault, TLSInfo
 
     result = Result(
         id="r",
@@ -199,7 +199,7 @@ def test_null_fields_never_say_none() -> None:
     ],
 )
 def test_sni_accepts_booleans_and_host_names(value: object, expected: object) -> None:
-    from agent.names import sni_value
+    from agent.jobs.names import sni_value
 
     assert sni_value(value) == expected
 
@@ -225,14 +225,14 @@ def test_sni_accepts_booleans_and_host_names(value: object, expected: object) ->
     ],
 )
 def test_sni_refuses_what_is_no_host_name(value: object, needle: str) -> None:
-    from agent.names import sni_value
+    from agent.jobs.names import sni_value
 
     with pytest.raises(ValueError, match=re.escape(needle)):
         sni_value(value)
 
 
 def test_config_xml_sni_uses_the_same_rule() -> None:
-    from agent.config import AgentConfig
+    from agent.config.config import AgentConfig
     from agent.errors import ConfigError
 
     def sni(value: str) -> object:
@@ -288,7 +288,7 @@ def test_a_claimed_row_with_framing_headers_is_refused() -> None:
 
 
 def test_nesting_is_judged_without_parsing() -> None:
-    from agent.jsonguard import nested_deeper
+    from agent.jobs.jsonguard import nested_deeper
 
     assert not nested_deeper('{"a": [1, {"b": []}]}')
     assert not nested_deeper("[" * 64 + "]" * 64) and nested_deeper("[" * 65 + "]" * 65)
@@ -299,7 +299,7 @@ def test_nesting_is_judged_without_parsing() -> None:
 
 
 def test_the_largest_field_of_a_job_over_the_limit_is_named() -> None:
-    from agent.intake import check_size
+    from agent.commands.intake import check_size
 
     raw = {**BASE, "headers": {"X-Big": "y" * 3000}, "body": "x" * 100}
     job = Job.from_dict(raw)
@@ -311,7 +311,7 @@ def test_the_largest_field_of_a_job_over_the_limit_is_named() -> None:
 
 
 def test_a_profile_scheme_and_another_protocol_profile_contradict() -> None:
-    from agent.intake import check_profiles
+    from agent.commands.intake import check_profiles
 
     job = Job.from_dict({**BASE, "endpoint": "a://host/x", "protocol_profile": "B"})
     with pytest.raises(JobError) as info:

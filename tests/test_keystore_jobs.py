@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import tests.keytool as kt
-from agent.pki import CA
+from agent.commands.demo.pki import CA
 from tests.conftest import arun_agent, write_config
 from tests.servers import NginxPorts, ServerPKI
 from tests.test_daemon import log_line, start_daemon

@@ -18,15 +18,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from agent.config import ProfileConfig
+from agent.commands.demo.pki import CA, Issued
+from agent.config.config import ProfileConfig
+from agent.credentials import memory
+from agent.credentials.chains import public_der
+from agent.credentials.formats import REORDERED_NOTE, KeyMaterial, load_keystore, load_truststore
+from agent.credentials.memory import load_client_material, trust_pem
+from agent.credentials.sources import load_file_profile, load_inline, material_from_record
 from agent.errors import KeystoreError
-from agent.jobs import InlineProfile
-from agent.keystores import memory
-from agent.keystores.chains import public_der
-from agent.keystores.formats import REORDERED_NOTE, KeyMaterial, load_keystore, load_truststore
-from agent.keystores.memory import load_client_material, trust_pem
-from agent.keystores.sources import load_file_profile, load_inline, material_from_record
-from agent.pki import CA, Issued
+from agent.jobs.model import InlineProfile
 
 from . import keytool as kt
 from .keytool import pem

@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.cli import build_parser
-from agent.config import AgentConfig
-from agent.demoserver import DemoServer
-from agent.notify import Notifier
+from agent.commands.cli import build_parser
+from agent.commands.demo.demoserver import DemoServer
+from agent.config.config import AgentConfig
+from agent.service.notify import Notifier
 from tests.conftest import PKI, agent_cmd, arun_agent, profile_config, write_config
 from tests.test_daemon import log_line
 

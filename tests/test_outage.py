@@ -21,8 +21,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agent.demoserver import DemoServer
-from agent.jobs import Job, Result
+from agent.commands.demo.demoserver import DemoServer
+from agent.jobs.model import Job, Result
 from agent.queues.base import Claim, Queue
 from agent.queues.postgres import PostgresQueue
 from agent.queues.sqlite import SqliteQueue

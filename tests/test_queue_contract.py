@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.config.secure import JobKey
 from agent.errors import JobError
-from agent.jobs import Job, Result
+from agent.jobs.model import Job, Result
 from agent.queues.base import Claim, Queue
 from agent.queues.ecc import EccQueue
 from agent.queues.postgres import PostgresQueue
 from agent.queues.sqlite import SqliteQueue
-from agent.secure import JobKey
 from tests.conftest import PKI
 from tests.fake_instance import FakeInstance, serve_instance
 from tests.pg import database_url, fresh_database

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.demoserver import DemoServer
-from agent.journal import Journal
+from agent.commands.demo.demoserver import DemoServer
+from agent.config.config import AgentConfig
 from agent.queues.ecc import EccQueue, job_from_record
-from agent.runtime import Engine
-from agent.worker import Worker
+from agent.queues.journal import Journal
+from agent.service.runtime import Engine
+from agent.worker.worker import Worker
 from tests.conftest import PKI, profile_config
 from tests.fake_instance import FakeInstance, serve_instance
 
@@ -113,7 +113,7 @@ async def test_output_records_are_run_and_answered(
 async def test_cli_ids_round_trip_through_the_instance(
     pki: PKI, instance: FakeInstance, instance_url: str
 ) -> None:
-    from agent.jobs import Job
+    from agent.jobs.model import Job
 
     queue = ecc(instance_url, pki)
     await queue.open()

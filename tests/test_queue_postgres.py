@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.demoserver import DemoServer
-from agent.jobs import Job
+from agent.commands.demo.demoserver import DemoServer
+from agent.jobs.model import Job
 from agent.queues.postgres import MIGRATIONS, PostgresQueue
 from tests.conftest import PKI, agent_cmd, arun_agent, profile_config
 from tests.pg import PORT, database_url, fetch, fresh_database

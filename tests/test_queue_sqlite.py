@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.jobs import Job
+from agent.jobs.model import Job
 from agent.queues.sqlite import SqliteQueue
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.demoserver import DemoServer
-from agent.jobs import Job
-from agent.runtime import Engine
+from agent.commands.demo.demoserver import DemoServer
+from agent.config.config import load_config
+from agent.jobs.model import Job
+from agent.service.runtime import Engine
 from tests.conftest import PKI, profile_config
 from tests.servers import free_port
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agent.demoserver import DemoServer
-from agent.jobs import Job, Result
-from agent.journal import Journal
+from agent.commands.demo.demoserver import DemoServer
+from agent.config.secure import JobKey
+from agent.jobs.model import Job, Result
 from agent.queues.base import Claim
+from agent.queues.journal import Journal
 from agent.queues.postgres import MIGRATIONS, PostgresQueue
 from agent.queues.sqlite import SqliteQueue
-from agent.secure import JobKey
 from tests.conftest import PKI, Ran, arun_agent, write_config
 from tests.pg import database_url, fetch, fresh_database
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.probe import pin_of
+from agent.tls.handshake import pin_of
 from tests.conftest import arun_agent, write_config
 from tests.servers import NginxPorts, OpenSSLServer, ServerPKI
 from tests.test_tls_interop import tls_params

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.pki import CA
-from agent.tls import choose_sni, name_matches
+from agent.commands.demo.pki import CA
+from agent.tls.context import choose_sni, name_matches
 
 
 @pytest.mark.parametrize(

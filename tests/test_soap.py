@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from agent.config import load_config
+from agent.config.config import load_config
 from agent.errors import ConfigError, JobError
-from agent.jobs import Job
-from agent.soap import (
+from agent.http.soap import (
     SOAP11,
     SOAP12,
     WSSE,
@@ -21,7 +20,8 @@ from agent.soap import (
     build_request,
     parse_response,
 )
-from agent.xmlsafe import XMLRejected, parse_xml
+from agent.http.xmlsafe import XMLRejected, parse_xml
+from agent.jobs.model import Job
 
 FRAGMENT = '<m:Echo xmlns:m="urn:demo"><m:text>hi &amp; bye</m:text></m:Echo>'
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from agent.config import load_config
+from agent.config.config import load_config
 from agent.errors import JobError
-from agent.jobs import Job, Result
-from agent.runtime import Engine
+from agent.jobs.model import Job, Result
+from agent.service.runtime import Engine
 from tests.servers import Nginx, ServerPKI
 from tests.soapserver import (
     ENVELOPE_NS,

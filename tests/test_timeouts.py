@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.jobs import Job
-from agent.keystores.formats import KeyMaterial
-from agent.keystores.memory import load_client_material
-from agent.runtime import Engine
+from agent.config.config import load_config
+from agent.credentials.formats import KeyMaterial
+from agent.credentials.memory import load_client_material
+from agent.jobs.model import Job
+from agent.service.runtime import Engine
 from tests.conftest import PKI, profile_config
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

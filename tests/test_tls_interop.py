@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, load_config
-from agent.jobs import Job, Result
-from agent.runtime import Engine
+from agent.config.config import AgentConfig, load_config
+from agent.jobs.model import Job, Result
+from agent.service.runtime import Engine
 from tests.conftest import write_config
 from tests.servers import NginxPorts, OpenSSLServer, ServerPKI
 

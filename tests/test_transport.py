@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.transport import Transport
+from agent.http.transport import Transport
 
 
 async def test_least_recently_used_idle_sessions_are_closed_over_the_bound() -> None:

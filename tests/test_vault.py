@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.call import Caller
-from agent.config import AgentConfig, ProfileConfig, VaultConfig
-from agent.credentials import Credentials
-from agent.demoserver import DemoServer
+from agent.commands.demo.demoserver import DemoServer
+from agent.commands.demo.pki import CA
+from agent.config.config import AgentConfig, ProfileConfig, VaultConfig
+from agent.credentials.sources import ProfileMaterial
+from agent.credentials.vault import Vault, parse_pki
 from agent.errors import VaultError
-from agent.jobs import Job, Result
-from agent.keystores.sources import ProfileMaterial
-from agent.keystores.vault import Vault, parse_pki
-from agent.pki import CA
-from agent.runtime import Engine
+from agent.http.call import Caller
+from agent.jobs.model import Job, Result
+from agent.service.runtime import Engine
+from agent.tls.identities import Credentials
 from tests.conftest import P12_PASSWORD, PKI, write_config
 from tests.openbao import OpenBao, openbao_fixture, openbao_tls_fixture  # noqa: F401
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, load_config
-from agent.demoserver import DemoServer
+from agent.commands.demo.demoserver import DemoServer
+from agent.config.config import AgentConfig, load_config
 from agent.errors import QueueError
-from agent.jobs import Job, Result
-from agent.journal import Journal
+from agent.jobs.model import Job, Result
 from agent.queues.base import Claim, Exchange
+from agent.queues.journal import Journal
 from agent.queues.sqlite import SqliteQueue
-from agent.runtime import Engine
-from agent.worker import Worker
+from agent.service.runtime import Engine
+from agent.worker.worker import Worker
 from tests.conftest import PKI, profile_config
 
 
@@ -167,7 +167,9 @@ async def test_jobs_finishing_during_an_outage_do_not_cut_the_back_off_short(
             for i in range(4)
         ]
     )
-    monkeypatch.setattr("agent.worker.random.uniform", lambda low, high: 30.0)  # a long back-off
+    monkeypatch.setattr(
+        "agent.worker.worker.random.uniform", lambda low, high: 30.0
+    )  # a long back-off
     worker = Worker(config, queue, engine.caller, journal=journal)
     serving = asyncio.create_task(worker.serve())
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..config import AgentConfig
-from ..errors import QueueError
-from ..secure import JobKey, job_key_path
-from .base import Claim, JobStatus, Queue
+from agent.config.config import AgentConfig
+from agent.config.secure import JobKey, job_key_path
+from agent.errors import QueueError
+from agent.queues.base import Claim, JobStatus, Queue
 
 __all__ = ["Claim", "JobStatus", "Queue", "open_queue"]
 
@@ -25,17 +25,17 @@ def _backend(config: AgentConfig) -> Queue:
     url = config.url
     scheme = url.split("://", 1)[0].lower()
     if scheme == "sqlite":
-        from .sqlite import SqliteQueue, sqlite_path
+        from agent.queues.sqlite import SqliteQueue, sqlite_path
 
         path = sqlite_path(url, config.base_dir)
         return SqliteQueue(path, JobKey(job_key_path(config, path)))
     if scheme in ("postgres", "postgresql"):
-        from .postgres import PostgresQueue
+        from agent.queues.postgres import PostgresQueue
 
         queue: Queue = PostgresQueue(url, key=JobKey(job_key_path(config)))
         return queue
     if scheme == "https":
-        from .ecc import EccQueue
+        from agent.queues.ecc import EccQueue
 
         return EccQueue(
             url,

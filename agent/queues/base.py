@@ -19,11 +19,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from ..config import DEFAULT_MAX_JOB_BYTES
-from ..errors import JobError, QueueError
-from ..jobs import Job, Result, merge_secrets, split_secrets
-from ..jsonguard import MAX_DEPTH, nested_deeper
-from ..secure import JobKey, SealBroken
+from agent.config.config import DEFAULT_MAX_JOB_BYTES
+from agent.config.secure import JobKey, SealBroken
+from agent.errors import JobError, QueueError
+from agent.jobs.jsonguard import MAX_DEPTH, nested_deeper
+from agent.jobs.model import Job, Result, merge_secrets, split_secrets
 
 State = Literal["ready", "processing", "processed", "error"]
 

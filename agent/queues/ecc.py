@@ -31,10 +31,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 import aiohttp
 
-from ..errors import JobError, QueueError
-from ..jobs import Job, Result
-from ..xmlsafe import XMLRejected, parse_xml
-from .base import Claim, JobStatus, Queue
+from agent.errors import JobError, QueueError
+from agent.http.xmlsafe import XMLRejected, parse_xml
+from agent.jobs.model import Job, Result
+from agent.queues.base import Claim, JobStatus, Queue
 
 log = logging.getLogger("agent.queues.ecc")
 

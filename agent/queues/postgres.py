@@ -35,10 +35,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from ..errors import QueueError
-from ..jobs import SECRET_FIELDS, Job, Result
-from ..secure import JobKey
-from .base import (
+from agent.config.secure import JobKey
+from agent.errors import QueueError
+from agent.jobs.model import SECRET_FIELDS, Job, Result
+from agent.queues.base import (
     Claim,
     Exchange,
     JobStatus,

@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..errors import ConfigError, QueueError
-from ..jobs import SECRET_FIELDS, Job, Result, has_secrets
-from ..secure import JobKey, private_file
-from .base import (
+from agent.config.secure import JobKey, private_file
+from agent.errors import ConfigError, QueueError
+from agent.jobs.model import SECRET_FIELDS, Job, Result, has_secrets
+from agent.queues.base import (
     Claim,
     Exchange,
     JobStatus,

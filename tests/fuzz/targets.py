@@ -15,12 +15,12 @@ from typing import Any
 
 import orjson
 
-from agent.cli import parse_jobs
-from agent.config import AgentConfig, from_parameters, is_secret, parse_parameters
+from agent.commands.cli import parse_jobs
+from agent.config.config import AgentConfig, from_parameters, is_secret, parse_parameters
 from agent.errors import ConfigError, JobError
-from agent.jobs import Job
+from agent.http.soap import MAX_DETAIL, parse_response
+from agent.jobs.model import Job
 from agent.queues.base import dumps
-from agent.soap import MAX_DETAIL, parse_response
 
 MAX_INPUT = 64 * 1024  # bounds every input, so that no run can take long on size alone
 ENV_MARK = b"\n--env--\n"  # config inputs: config.xml, then NAME=VALUE lines for MID_CONFIG_NAME

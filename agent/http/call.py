@@ -1,0 +1,385 @@
+"""Run one job: pick its identity and SNI, send the request, read a bounded answer, make a Result.
+
+``Caller.run(job)`` never raises for a job's own trouble: every failure becomes a Result with an
+``error`` of the contract's kinds. Only cancellation propagates. A failed attempt is retried only
+when its kind is one of ``RETRYABLE`` and no byte of an answer had arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from agent.config.config import AgentConfig, ProfileConfig
+from agent.errors import AgentError, CallError, JobError, TLSError
+from agent.http.allowlist import AllowList, allow_list
+from agent.http.classify import (
+    NOT_RETRIED,
+    Attempt,
+    classify,
+    client_cert_hint,
+    request_error,
+    trust_source,
+)
+from agent.http.soap import UsernameToken, build_request, parse_response
+from agent.http.transport import (
+    MAX_HEAD_BYTES,
+    Transport,
+    answer_started,
+    head_too_large,
+    mark_answered,
+    proxy_args,
+)
+from agent.jobs.model import InlineProfile, Job, Result, SoapFault, TLSInfo
+from agent.tls.context import choose_sni, is_ip_literal
+from agent.tls.handshake import peer_names
+from agent.tls.identities import Credentials, Identity
+
+log = logging.getLogger("agent.call")
+
+RETRYABLE = {"connect", "timeout", "tls_handshake", "dns"}  # and only before any answer byte
+# Statuses with which servers tell of a missing or refused client certificate (nginx answers 400,
+# or its own 495 and 496; IIS 403.7), and what their page then says.
+CERT_STATUSES = frozenset({400, 403, 495, 496})
+CERT_PAGE_MARKERS = (b"ssl certificate", b"client certificate")
+TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/soap+xml",
+    "+json",
+    "+xml",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a job with a given endpoint and SNI setting goes under one identity, and how.
+
+    The same for every job with that endpoint, so it is worked out once per identity
+    (``Identity.routes``) instead of once per job.
+    """
+
+    url: str
+    host: str
+    port: int
+    server_hostname: str | None  # an SNI override to send instead of the URL's host
+    ssl: ssl.SSLContext
+    tls: TLSInfo  # the result's tls block before the handshake adds version, cipher, peer
+    attempt: Attempt
+    cert_hint: str  # a result's hint when the answer is about the client certificate
+
+
+@dataclass(slots=True)
+class Prepared:
+    route: Route
+    method: str
+    headers: dict[str, str]
+    body: bytes | None
+    identity_key: str
+
+
+ROUTES_PER_IDENTITY = 1024  # endpoints remembered per identity before the cache starts over
+
+
+def _target(endpoint: str, profile_port: int) -> tuple[str, str, int]:
+    """The https URL, host and port for a job (``<profile>://`` becomes https). Worked out once
+    per route, so it needs no cache of its own."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    default_port = 443 if parts.scheme.lower() == "https" else profile_port
+    port = parts.port or default_port
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.port is None and port != 443:
+        netloc = f"{netloc}:{port}"
+    return urlunsplit(("https", netloc, parts.path or "/", parts.query, "")), host, port
+
+
+def _route(job: Job, identity: Identity, sni_enabled: bool) -> Route:
+    key = (job.endpoint, job.sni, sni_enabled)
+    route: Route | None = identity.routes.get(key)
+    if route is not None:
+        return route
+    url, host, port = _target(job.endpoint, identity.port)
+    choice = choose_sni(host, job=job.sni, profile=identity.sni, global_enabled=sni_enabled)
+    profile, inline = identity.profile, identity.key.startswith("inline:")
+    trust = trust_source(profile, inline, trusted=identity.material.trust is not None)
+    route = Route(
+        url=url,
+        host=host,
+        port=port,
+        server_hostname=choice.send if choice.send and choice.send != host else None,
+        ssl=identity.context(send_sni=choice.send is not None or is_ip_literal(host)),
+        tls=TLSInfo(sni=choice.send, client_certificate=identity.client_subject),
+        attempt=Attempt(host, port, choice.send, profile, identity.client_subject, trust),
+        cert_hint=client_cert_hint(profile, inline, identity.client_subject),
+    )
+    if len(identity.routes) >= ROUTES_PER_IDENTITY:
+        identity.routes.clear()
+    identity.routes[key] = route
+    return route
+
+
+@functools.lru_cache(maxsize=256)
+def _is_text(content_type: str) -> bool:
+    ct = content_type.lower()
+    return any(t in ct for t in TEXT_TYPES)
+
+
+class Caller:
+    def __init__(self, config: AgentConfig, credentials: Credentials, transport: Transport) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.transport = transport
+
+    async def run(self, job: Job, attempts_before: int = 0) -> Result:
+        """Run the job with its retries; the Result counts every attempt made."""
+        start = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            result, retryable = await self._attempt(job)
+            if not retryable or attempt >= job.max_attempts:
+                break
+            await asyncio.sleep(_backoff(attempt))
+        result.attempts = attempts_before + attempt
+        result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
+        return result
+
+    async def run_once(self, job: Job) -> Result:
+        return (await self._attempt(job))[0]
+
+    async def _attempt(self, job: Job) -> tuple[Result, bool]:
+        """One attempt: its Result, and whether it may be retried (it failed with a kind of
+        ``RETRYABLE`` before any byte of an answer arrived)."""
+        start = time.perf_counter()
+        prepared: Prepared | None = None
+        answered = False
+        try:
+            prepared = await self.prepare(job)
+            result = await self._send(job, prepared)
+        except AgentError as exc:
+            answered = answer_started()  # e.g. response_too_large
+            tls = prepared.route.tls if prepared is not None else TLSInfo()  # e.g. denied by name
+            result = Result.failed(job.id, exc.kind, exc.message, tls=tls)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+            answered = answer_started()
+            if prepared is None:
+                log.exception("job %s: unexpected failure", job.id)
+                result = Result.failed(job.id, "connect", f"unexpected failure: {exc!r}")
+            else:
+                r = prepared.route
+                err = await self._explained(_classified(exc, r, answered), r)
+                result = Result.failed(job.id, err.kind, err.message, tls=r.tls)
+        result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
+        kind = result.error.kind if result.error else None
+        return result, kind in RETRYABLE and not answered
+
+    def check_destination(self, job: Job) -> None:
+        """``agent.outbound.allow``, by name, before anything else happens for the job. The
+        transport's resolver checks the addresses (see ``address_allow_list``)."""
+        if self.config.outbound_allow:
+            allow = allow_list(tuple(self.config.outbound_allow))
+            host = urlsplit(job.endpoint).hostname or ""
+            allow.check_name(host, proxied=self.config.proxy is not None)
+
+    async def prepare(self, job: Job) -> Prepared:
+        self.check_destination(job)
+        identity = await self.credentials.for_job(job)
+        try:
+            route = _route(job, identity, self.config.sni_enabled)
+        except ValueError as exc:  # e.g. a port out of range
+            raise JobError("endpoint", f"not a usable URL: {exc}") from None
+        headers = dict(job.headers)
+        body = job.body
+        if job.topic == "SOAPProbe":
+            body, headers = _soap_request(job, headers, self._username_token(job, identity))
+        elif not any(k.lower() == "idempotency-key" for k in headers):
+            headers["Idempotency-Key"] = job.id
+        return Prepared(route, job.method, headers, body, identity.key)
+
+    def _username_token(self, job: Job, identity: Identity) -> UsernameToken | None:
+        """WS-Security credentials of the job's inline record or its protocol profile."""
+        source: InlineProfile | ProfileConfig | None = job.inline_profile
+        if source is None and identity.profile is not None:
+            source = self.config.profiles.get(identity.profile)
+        if source is None or not source.wss_username or source.wss_password is None:
+            return None
+        return UsernameToken(source.wss_username, source.wss_password, source.wss_password_type)
+
+    async def _explained(self, err: AgentError, r: Route) -> AgentError:
+        """A hostname mismatch found by OpenSSL does not say what the certificate is for: look.
+
+        One extra handshake, only on this failure, presenting no client certificate.
+        """
+        if err.kind != "hostname_mismatch" or "names:" in err.message or self.config.proxy:
+            return err
+        names = await peer_names(r.host, r.port, r.attempt.sni, self.config.resolve)
+        if names is None:
+            return err
+        return TLSError(err.kind, f"{err.message} (the certificate is for: {names or 'no names'})")
+
+    async def _send(self, job: Job, p: Prepared) -> Result:
+        """One request. The job's timeout is aiohttp's total timeout: it covers connecting,
+        the handshake, the request and reading the whole answer."""
+        r = p.route
+        kwargs = proxy_args(self.config.proxy)
+        if r.server_hostname:
+            kwargs["server_hostname"] = r.server_hostname
+        entry = self.transport.acquire(p.identity_key)
+        try:
+            async with entry.session.request(
+                p.method,
+                r.url,
+                headers=p.headers,
+                data=p.body,
+                ssl=r.ssl,
+                allow_redirects=False,
+                timeout=_timeout(job.timeout),
+                **kwargs,
+            ) as resp:
+                try:
+                    return await self._answer(job, r, resp)
+                except BaseException:
+                    mark_answered()  # the head had come: whatever failed, do not retry
+                    raise
+        finally:
+            self.transport.release(entry)
+
+    async def _answer(self, job: Job, r: Route, resp: aiohttp.ClientResponse) -> Result:
+        """The Result of an answer whose head came: read its bounded body."""
+        if head_too_large(resp.raw_headers):
+            resp.close()
+            raise CallError(
+                "response_too_large",
+                f"{r.host}:{r.port} answered with more than {MAX_HEAD_BYTES} bytes of headers, "
+                f"the agent's bound; {NOT_RETRIED}",
+            )
+        tls = self.transport.observe(_protocol_of(resp), r.tls)
+        data = await _read_bounded(resp, self.config.max_response_bytes, r.host)
+        headers = {str(k): v for k, v in resp.headers.items()}  # plain keys, not istr
+        fault = _soap_fault(job, data, r.host) if job.topic == "SOAPProbe" else None
+        text = _as_text(data, resp.headers.get("Content-Type", ""), resp.charset)
+        status = resp.status
+        return Result(
+            id=job.id,
+            state="processed",
+            status=status,
+            headers=headers,
+            body=text,
+            body_base64=None if text is not None else base64.b64encode(data).decode(),
+            soap_fault=fault,
+            tls=tls,
+            hint=_cert_page_hint(status, data, r) if status in CERT_STATUSES else None,
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
+
+
+def _classified(exc: Exception, r: Route, answered: bool) -> AgentError:
+    if not answered and (refused := request_error(exc)) is not None:
+        return refused  # aiohttp would not build the request from the job: nothing was sent
+    try:
+        return classify(exc, r.attempt, answered)
+    except Exception:  # noqa: BLE001 - an unforeseen failure still ends as a result
+        log.exception("cannot classify a failure calling %s:%d", r.host, r.port)
+        kind = "bad_response" if answered else "connect"
+        return CallError(kind, f"call to {r.host}:{r.port} failed: {exc!r}")
+
+
+def _cert_page_hint(status: int, data: bytes, r: Route) -> str | None:
+    """A hint when a 400/403/495/496 page speaks of the client certificate (nginx: "400 No
+    required SSL certificate was sent", "400 The SSL certificate error")."""
+    page = data[:4096].lower()
+    if any(marker in page for marker in CERT_PAGE_MARKERS):
+        return f"the server answered {status} about the client certificate: {r.cert_hint}"
+    return None
+
+
+def _backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, host: str) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        resp.close()
+        raise CallError(
+            "response_too_large",
+            f"{host} answered {declared} bytes, over agent.max_response_bytes ({limit})",
+        )
+    if declared is not None and "Content-Encoding" not in resp.headers:
+        return await resp.read()  # the parser stops at the declared length: within the limit
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            raise CallError(
+                "response_too_large",
+                f"{host} answered more than agent.max_response_bytes ({limit} bytes)",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _as_text(data: bytes, content_type: str, charset: str | None) -> str | None:
+    """The body as text when it is text, else None (the caller sends base64)."""
+    if not data:
+        return ""
+    if content_type and not _is_text(content_type):
+        return None
+    try:
+        return data.decode(charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def address_allow_list(config: AgentConfig) -> AllowList | None:
+    """The list whose networks bound the addresses connected to; None when there is nothing to
+    check or a proxy resolves the names (then only the name check applies)."""
+    if not config.outbound_allow or config.proxy is not None:
+        return None
+    allow = allow_list(tuple(config.outbound_allow))
+    return allow if allow.networks else None
+
+
+def _protocol_of(resp: aiohttp.ClientResponse) -> object | None:
+    """The connection's protocol object. A short answer may already be read and its connection
+    back in the pool: the protocol (kept by the response) still holds the TLS transport."""
+    conn = resp.connection
+    return conn.protocol if conn is not None else getattr(resp, "_protocol", None)
+
+
+def _soap_request(
+    job: Job, headers: dict[str, str], security: UsernameToken | None
+) -> tuple[bytes, dict[str, str]]:
+    body, soap_headers = build_request(
+        job.body, version=job.soap_version, action=job.soap_action, security=security
+    )
+    merged = {
+        k: v for k, v in headers.items() if k.lower() not in {h.lower() for h in soap_headers}
+    }
+    merged.update(soap_headers)
+    return body, merged
+
+
+def _soap_fault(job: Job, data: bytes, host: str) -> SoapFault | None:
+    answer = parse_response(data, version=job.soap_version)
+    if answer.problem:
+        log.warning("job %s: %s answered: %s", job.id, host, answer.problem)
+    return answer.fault

@@ -1,0 +1,143 @@
+"""Prometheus metrics for ``/metrics``, in a registry of the agent's own.
+
+A private ``CollectorRegistry`` (not prometheus_client's global one) keeps the exposition to what
+the agent defines and lets tests build fresh instances. One process serves one ``Metrics``:
+``default_metrics()``.
+
+Under ``agent.workers`` > 1 the supervisor gives its workers a directory in
+``PROMETHEUS_MULTIPROC_DIR``: prometheus_client then keeps every worker's values in files there,
+and worker 0, the one serving ``/metrics`` (see ``agent/health.py``), reports the sum over all
+workers (gauges: the largest value among live workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agent.jobs.model import Result
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs = Counter(
+            "agent_jobs",
+            "Jobs finished, by topic, outcome (processed | error) and error kind",
+            ["topic", "outcome", "error_kind"],
+            registry=r,
+        )
+        self.call_seconds = Histogram(
+            "agent_call_duration_seconds",
+            "Time from claim to result of a job, retries included",
+            ["topic"],
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "agent_tls_handshakes", "New connections opened (each one a TLS handshake)", registry=r
+        )
+        self.reused = Counter(
+            "agent_connections_reused", "Requests sent on a kept-alive connection", registry=r
+        )
+        self.claim_seconds = Histogram(
+            "agent_queue_claim_seconds",
+            "Time one claim took at the queue",
+            buckets=CLAIM_BUCKETS,
+            registry=r,
+        )
+        self.claim_failures = Counter(
+            "agent_queue_claim_failures", "Claims the queue did not answer", registry=r
+        )
+        self.queue_depth = Gauge(
+            "agent_queue_depth",
+            "Jobs waiting in the queue (where the backend can tell)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.cert_days = Gauge(
+            "agent_client_certificate_days_left",
+            "Days until the profile's client certificate expires (negative: expired)",
+            ["profile"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.vault_errors = Counter("agent_vault_errors", "Vault requests that failed", registry=r)
+        self._job_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def job_done(self, topic: str, result: Result, seconds: float) -> None:
+        kind = result.error.kind if result.error else ""
+        key = (topic, result.state, kind)
+        children = self._job_children.get(key)
+        if children is None:  # labels() takes a lock and builds a key: once per combination
+            children = (self.jobs.labels(*key), self.call_seconds.labels(topic))
+            self._job_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def connection(self, new: bool) -> None:
+        (self.handshakes if new else self.reused).inc()
+
+    def claimed(self, seconds: float, failed: bool) -> None:
+        if failed:
+            self.claim_failures.inc()
+        else:
+            self.claim_seconds.observe(seconds)
+
+    def set_depth(self, depth: int | None) -> None:
+        if depth is not None:
+            self.queue_depth.set(depth)
+
+    def certificate(self, profile: str, not_after: dt.datetime | None) -> None:
+        """Record the profile's expiry; a profile without a client certificate is left out."""
+        if not_after is None:
+            self.forget_profile(profile)
+            return
+        left = (not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+        self.cert_days.labels(profile).set(round(left, 3))
+
+    def cert_days_profiles(self) -> list[str]:
+        """Profiles with an expiry gauge (to forget those a reload removed)."""
+        return [
+            sample.labels["profile"]
+            for family in self.cert_days.collect()
+            for sample in family.samples
+        ]
+
+    def forget_profile(self, profile: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.cert_days.remove(profile)
+
+    def vault_error(self) -> None:
+        self.vault_errors.inc()
+
+    def render(self) -> bytes:
+        shared = os.environ.get(MULTIPROCESS_ENV)
+        if not shared:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+
+_default: Metrics | None = None
+
+
+def default_metrics() -> Metrics:
+    """The process's metrics (made on first use)."""
+    global _default
+    if _default is None:
+        _default = Metrics()
+    return _default

@@ -1,0 +1,374 @@
+"""Assembly: config → credentials → transport → caller → queue → worker, and reload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.config.config import AgentConfig, ProfileConfig
+from agent.config.secure import load_secure_config
+from agent.credentials.inspect import ProfileReport
+from agent.credentials.sources import ProfileMaterial
+from agent.errors import AgentError, ConfigError, QueueError, VaultError
+from agent.http.call import Caller, address_allow_list
+from agent.http.transport import Transport
+from agent.jobs.model import Result
+from agent.queues import open_queue
+from agent.queues.base import Claim, Queue, redact_url
+from agent.queues.journal import Journal
+from agent.service.health import HealthServer, Readiness, serves_health
+from agent.service.metrics import Metrics, default_metrics
+from agent.service.notify import Notifier
+from agent.tls.identities import Credentials, Staged, stage
+from agent.tls.reports import collect_reports
+from agent.worker.worker import Worker
+
+if TYPE_CHECKING:
+    from agent.credentials.vault import Vault
+
+log = logging.getLogger("agent")
+
+CERT_CHECK_INTERVAL = 24 * 3600.0  # seconds between certificate checks (also on each reload)
+
+
+class Engine:
+    """Everything needed to run jobs, without the queue: used by ``call`` and the daemon."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.transport = Transport(config.resolve)
+        self.credentials = Credentials(config, vault_loader=self._vault_load)
+        self.credentials.on_rotate.append(self.transport.retire)
+        self.caller = Caller(config, self.credentials, self.transport)
+        self.transport.set_allow(address_allow_list(config))
+        self.vault: Vault | None = None  # opened on the first profile that needs it
+        self.on_vault_error: list[Callable[[], None]] = []
+        self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
+
+    def reload(self, config: AgentConfig, staged: Staged | None = None) -> None:
+        """New config in force for the next job; connections under old material retire.
+        ``staged``: the new config's profiles already loaded (``credentials.stage``)."""
+        old_vault = self.config.vault
+        self.config = config
+        self.caller.config = config
+        self.credentials.reload(config, staged)
+        self.transport.set_resolve(config.resolve)
+        self.transport.set_allow(address_allow_list(config))
+        self.transport.retire_all()
+        if self.vault is not None and config.vault != old_vault:
+            vault, self.vault = self.vault, None  # the next load logs in to the new one
+            task = asyncio.get_running_loop().create_task(vault.close())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+    @property
+    def uses_vault(self) -> bool:
+        return any(p.vault_path or p.vault_pki for p in self.config.profiles.values())
+
+    async def _vault_load(self, profile: ProfileConfig) -> ProfileMaterial:
+        if self.vault is None:
+            from agent.credentials.vault import (
+                Vault,  # hvac is only imported when a profile needs it
+            )
+
+            try:
+                vault = Vault(self.config.vault, on_renew=self._renewed)
+            except ConfigError as exc:
+                raise VaultError(f"profile {profile.name}: {exc.message}") from None
+            await vault.start()
+            self.vault = vault
+        try:
+            return await self.vault.load(profile)
+        except VaultError:
+            for callback in self.on_vault_error:
+                callback()
+            raise
+
+    def _renewed(self, name: str, material: ProfileMaterial) -> None:
+        """A vault PKI certificate was renewed: new connections present the new one."""
+        if name in self.config.profiles:
+            self.credentials.replace_profile(name, material)
+            log.info("profile %s: renewed certificate from the vault in force", name)
+        for callback in self.on_vault_renew:
+            callback(name, material)
+
+    async def check_vault(self) -> None:
+        """Raise VaultError unless the vault (when profiles use it) answers: for readiness."""
+        if self.vault is not None:
+            await self.vault.check()
+
+    async def close(self) -> None:
+        await self.transport.close()
+        if self.vault is not None:
+            await self.vault.close()
+            self.vault = None
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+class Daemon:
+    """``agent run``: the worker plus signals (TERM/INT drain then abort, HUP reloads)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        config_path: Path | None,
+        *,
+        burst: bool = False,
+        loader: Callable[[Path], AgentConfig] = load_secure_config,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.burst = burst
+        self.loader = loader
+        self.engine = Engine(config)
+        self.queue: Queue | None = None
+        self.worker: Worker | None = None
+        self.on_report: list[Callable[[ProfileReport], None]] = []
+        self._check_now = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[bool]] = set()
+        self._wire_operations(metrics)
+
+    async def run(self) -> int:
+        self.queue = open_queue(self.config)
+        await self.queue.open()
+        journal = Journal(self.config.base_dir / self.config.journal_path)
+        self.worker = Worker(
+            self.config,
+            self.queue,
+            self.engine.caller,
+            burst=self.burst,
+            journal=journal,
+            on_result=self._job_done,
+            on_claim=self._claimed,
+        )
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        log.info(
+            "agent %s started: queue %s, %d thread(s), %d profile(s)",
+            self.config.agent_name,
+            redact_url(self.config.url),
+            self.config.threads_max,
+            len(self.config.profiles),
+        )
+        watch = asyncio.create_task(self._watch_certificates(), name="certificate-watch")
+        try:
+            await self._start_operations()
+            stats = await self.worker.serve()
+        finally:
+            for task in (watch, *self._reloads):
+                task.cancel()
+            await asyncio.gather(watch, *self._reloads, return_exceptions=True)
+            await self._stop_operations()
+            await self.engine.close()
+            await self.queue.close()
+            journal.close()
+            # last: a signal arriving while closing must not kill the process half-way
+            self._remove_signals(loop)
+        log.info(
+            "agent stopped: %d processed, %d error(s), %d returned to the queue",
+            stats.processed,
+            stats.errors,
+            stats.released,
+        )
+        return 0
+
+    async def _watch_certificates(self) -> None:
+        """At start, after each reload and daily: log what ``agent validate`` would report."""
+        while True:
+            await self.check_certificates()
+            self.readiness.certificates_checked = True
+            self._check_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), CERT_CHECK_INTERVAL)
+
+    async def check_certificates(self) -> list[ProfileReport]:
+        config = self.config
+        reports = await collect_reports(config, self.engine.credentials, sorted(config.profiles))
+        for report in reports:
+            for problem in report.problems:
+                log.error("profile %s: %s", report.name, problem)
+            for warning in report.warnings:
+                log.warning("profile %s: %s", report.name, warning)
+            for callback in self.on_report:
+                callback(report)
+        return reports
+
+    # ------------------------------------------------------------ operations
+
+    def _wire_operations(self, metrics: Metrics | None) -> None:
+        """Metrics, readiness, health server and service-manager notifications."""
+        self.metrics = metrics or default_metrics()
+        self.notifier = Notifier()
+        self.readiness = Readiness(_stale_after(self.config), busy=self._busy)
+        self.readiness.checks["vault"] = self._vault_ready
+        self.health: HealthServer | None = None
+        self._operations: list[asyncio.Task[None]] = []
+        self.on_report.append(self._observe_report)
+        self.engine.transport.on_connection.append(self.metrics.connection)
+        self.engine.on_vault_error.append(self.metrics.vault_error)
+
+    async def _start_operations(self) -> None:
+        listen = self.config.health_listen
+        if listen is not None and serves_health(os.environ.get("AGENT_WORKER_INDEX")):
+            self.health = HealthServer(listen, self.readiness, self.metrics, self._refresh)
+            await self.health.start()
+        self._operations = [
+            asyncio.create_task(self._announce_ready(), name="notify-ready"),
+            asyncio.create_task(self.notifier.watchdog(), name="notify-watchdog"),
+        ]
+
+    async def _stop_operations(self) -> None:
+        for task in self._operations:
+            task.cancel()
+        await asyncio.gather(*self._operations, return_exceptions=True)
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+
+    async def _announce_ready(self) -> None:
+        assert self.worker is not None
+        await self.worker.ready.wait()
+        self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        return f"polling {redact_url(self.config.url)} with {self.config.threads_max} thread(s)"
+
+    def _busy(self) -> bool:
+        return self.worker is not None and self.worker.in_flight >= self.config.threads_max
+
+    async def _vault_ready(self) -> str | None:
+        if self.engine.uses_vault:
+            await self.engine.check_vault()  # VaultError: its message is the reason
+        return None
+
+    async def _refresh(self) -> None:
+        if self.queue is not None:
+            self.metrics.set_depth(await self.queue.depth())
+
+    def _job_done(self, claim: Claim, result: Result, seconds: float) -> None:
+        self.metrics.job_done(claim.job.topic, result, seconds)
+
+    def _claimed(self, seconds: float, error: QueueError | None) -> None:
+        self.metrics.claimed(seconds, error is not None)
+        self.readiness.claimed(error)
+
+    def _observe_report(self, report: ProfileReport) -> None:
+        self.metrics.certificate(report.name, report.not_after)
+        self.readiness.certificate(report)
+
+    def _stop_signal(self) -> None:
+        assert self.worker is not None
+        self.notifier.stopping()
+        self.worker.request_stop()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.worker is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def reload(self) -> None:
+        """SIGHUP: start a reload (the handler only starts it; reloads run one at a time)."""
+        if self.config_path is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.reload_now(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload_now(self) -> bool:
+        """Re-read config.xml and load every file-based profile beside the running ones; put
+        the new configuration in force only if all of it loaded. Returns whether it did."""
+        assert self.config_path is not None
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                checked = await self._check_reload(self.config_path)
+                if checked is not None:
+                    self._apply(*checked)
+                return checked is not None
+            finally:
+                self.notifier.ready(self._status())
+
+    async def _check_reload(self, config_path: Path) -> tuple[AgentConfig, Staged] | None:
+        """The new configuration and its loaded profiles, or None (logged) to keep the old."""
+        try:
+            new = await asyncio.to_thread(self.loader, config_path)  # checks the allow list too
+        except AgentError as exc:
+            log.error("%s: %s", REFUSED, exc)
+            return None
+        staged = await stage(new)
+        problems = [*staged.problems.values(), *_vault_problems(new, staged.vault_profiles)]
+        if problems:
+            log.error("%s: %s", REFUSED, "; ".join(problems))
+            return None
+        if staged.vault_profiles:
+            log.info(
+                "reload: profile(s) %s keep their material in the vault: checked in config.xml "
+                "only; the vault is asked on their next job",
+                ", ".join(staged.vault_profiles),
+            )
+        if new.url != self.config.url:
+            log.warning(
+                "reload: a new url needs a restart; keeping %s", redact_url(self.config.url)
+            )
+            new = _with_url(new, self.config.url)
+        return new, staged
+
+    def _apply(self, new: AgentConfig, staged: Staged) -> None:
+        self.config = new
+        self.engine.reload(new, staged)
+        if self.worker is not None:
+            self.worker.config = new
+            self.worker.wake()
+        logging.getLogger().setLevel(level_of(new.log_level))
+        self.readiness.stale_after = _stale_after(new)
+        self.readiness.keep_profiles(set(new.profiles))
+        for name in set(self.metrics.cert_days_profiles()) - set(new.profiles):
+            self.metrics.forget_profile(name)
+        self._check_now.set()
+        log.info("configuration reloaded: %d profile(s)", len(new.profiles))
+
+
+REFUSED = "reload refused, keeping the running configuration"
+
+
+def _vault_problems(config: AgentConfig, names: tuple[str, ...]) -> list[str]:
+    """What config.xml alone says is wrong with reaching the vault, for profiles that use it."""
+    if not names:
+        return []
+    from agent.credentials.vault import Vault  # hvac is only imported when a profile needs it
+
+    try:
+        Vault(config.vault)  # checks the settings; connects only on start()
+    except ConfigError as exc:
+        return [f"profile {', '.join(names)}: {exc.message}"]
+    return []
+
+
+def _stale_after(config: AgentConfig) -> float:
+    """Readiness: how long without a successful claim (while idle) means the queue is gone."""
+    return max(3 * config.poll_time, 30.0)
+
+
+def _with_url(config: AgentConfig, url: str) -> AgentConfig:
+    from dataclasses import replace
+
+    return replace(config, url=url)
+
+
+def level_of(name: str) -> int:
+    return {"debug": 10, "info": 20, "warn": 30, "error": 40}.get(name, 20)

@@ -1,0 +1,318 @@
+"""Credential identities: which client certificate and trust store a job uses, built once.
+
+An ``Identity`` is immutable: its key names the material it was built from (profile and
+generation, or a digest of an inline record). Rotating material (SIGHUP, a changed keystore
+file, a renewed vault certificate) makes a new identity with a new key; the transport never
+hands a connection opened under one key to a job that needs another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import itertools
+import logging
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config.config import AgentConfig, ProfileConfig
+from agent.credentials.sources import ProfileMaterial, load_file_profile, load_inline
+from agent.errors import AgentError, KeystoreError, UnknownProfileError
+from agent.jobs.model import SNI, InlineProfile, Job
+from agent.tls.context import build_context
+
+log = logging.getLogger("agent.credentials")
+
+INLINE_CACHE_SIZE = 256
+STAT_INTERVAL = 1.0  # seconds between checks of a profile's files for changes
+
+# Loads a profile's material from somewhere other than files (the vault); set by the vault layer.
+VaultLoader = Callable[[ProfileConfig], Awaitable[ProfileMaterial]]
+
+# Generations are numbered process-wide, so identity keys never repeat, not even between the
+# running credentials and a configuration staged beside them (``stage``).
+_GENERATIONS = itertools.count(1)
+
+
+@dataclass
+class Identity:
+    """One credential identity and its TLS contexts (one sending SNI, one not)."""
+
+    key: str
+    profile: str | None
+    material: ProfileMaterial
+    sni: SNI = None
+    port: int = 443
+    _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
+    # endpoint and SNI setting → where and how such a job goes (``agent.call.Route``)
+    routes: dict[tuple[object, ...], Any] = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def validity(self) -> tuple[float, float] | None:
+        """The client certificate's not-before and not-after, in seconds since the epoch."""
+        client = self.material.client
+        if client is None:
+            return None
+        leaf = client.leaf
+        return leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
+
+    @functools.cached_property
+    def client_subject(self) -> str | None:
+        client = self.material.client
+        return client.subject if client else None
+
+    def context(self, send_sni: bool) -> ssl.SSLContext:
+        ctx = self._contexts.get(send_sni)
+        if ctx is None:
+            ctx = build_context(self.material.client, self.material.trust, send_sni=send_sni)
+            self._contexts[send_sni] = ctx
+        return ctx
+
+
+def _files_of(profile: ProfileConfig) -> tuple[Path, ...]:
+    return tuple(p for p in (profile.path, profile.key, profile.truststore) if p is not None)
+
+
+def _mtimes(paths: tuple[Path, ...]) -> tuple[float, ...]:
+    out = []
+    for p in paths:
+        try:
+            out.append(p.stat().st_mtime)
+        except OSError:
+            out.append(-1.0)
+    return tuple(out)
+
+
+@dataclass
+class _Cached:
+    identity: Identity
+    mtimes: tuple[float, ...]
+    checked: float
+
+
+class Credentials:
+    """Finds the identity for a job; caches material so it is loaded once, not per job."""
+
+    def __init__(self, config: AgentConfig, vault_loader: VaultLoader | None = None) -> None:
+        self.config = config
+        self.vault_loader = vault_loader
+        self._generation = next(_GENERATIONS)
+        self._profiles: dict[str, _Cached] = {}
+        self._inline: OrderedDict[str, Identity] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._default: Identity | None = None
+        self.on_rotate: list[Callable[[str], None]] = []
+
+    def reload(self, config: AgentConfig, staged: Staged | None = None) -> None:
+        """Take a new configuration: the profiles ``staged`` loaded for it are in force at once,
+        the others are loaded afresh on next use."""
+        self.config = config
+        self._generation = next(_GENERATIONS)
+        self._profiles.clear()
+        self._inline.clear()
+        self._default = None
+        if staged is not None and staged.config is config:
+            self._profiles.update(staged.loaded)
+
+    def profile_for(self, job: Job) -> ProfileConfig | None:
+        """The job's profile; names (``protocol_profile`` or a ``<profile>://`` endpoint) are
+        matched without regard to case. An unknown one names the field that gave it."""
+        scheme = job.endpoint.split("://", 1)[0]  # as written: urlsplit would lower-case it
+        name, field = job.protocol_profile, "protocol_profile"
+        if scheme.lower() != "https":
+            if name and name.casefold() != scheme.casefold():
+                raise UnknownProfileError(name, list(self.config.profiles))
+            name, field = scheme, ("protocol_profile" if name else "endpoint")
+        if name is None:
+            return None
+        profile = self.config.profile(name)
+        if profile is None:
+            raise UnknownProfileError(name, list(self.config.profiles), field=field)
+        return profile
+
+    async def for_job(self, job: Job) -> Identity:
+        if job.inline_profile is not None:
+            identity = await self._inline_identity(job.inline_profile, job.id)
+        else:
+            profile = self.profile_for(job)
+            if profile is None:
+                return self.default_identity()
+            identity = await self.for_profile(profile)
+        _check_validity(identity)
+        return identity
+
+    def default_identity(self) -> Identity:
+        """No client certificate, system CAs: for https endpoints without a profile."""
+        if self._default is None:
+            material = ProfileMaterial(client=None, trust=None)
+            self._default = Identity(f"default#{self._generation}", None, material)
+        return self._default
+
+    async def for_profile(self, profile: ProfileConfig) -> Identity:
+        cached = self._profiles.get(profile.name)
+        if cached is not None and time.monotonic() - cached.checked < STAT_INTERVAL:
+            return cached.identity  # the common case: no lock, no file check due
+        lock = self._locks.setdefault(profile.name, asyncio.Lock())
+        async with lock:
+            cached = self._profiles.get(profile.name)
+            if cached is not None and not await self._changed(profile, cached):
+                return cached.identity
+            files = _files_of(profile)
+            mtimes = await asyncio.to_thread(_mtimes, files) if files else ()
+            try:
+                identity = await self._load_profile(profile)
+            except AgentError as exc:
+                if cached is None:
+                    raise
+                cached.mtimes = mtimes  # tried once: again only when the files change again
+                log.error(
+                    "profile %s: its files changed but cannot be loaded (%s); new jobs keep "
+                    "the material loaded before",
+                    profile.name,
+                    exc,
+                )
+                return cached.identity
+            self._profiles[profile.name] = _Cached(identity, mtimes, time.monotonic())
+            if cached is not None:
+                log.info("profile %s: key material changed; new connections use it", profile.name)
+                for callback in self.on_rotate:
+                    callback(cached.identity.key)
+            return identity
+
+    def replace_profile(self, name: str, material: ProfileMaterial) -> None:
+        """Swap in rotated material (a renewed vault certificate) for new connections."""
+        profile = self.config.profiles[name]
+        old = self._profiles.get(name)
+        self._generation = next(_GENERATIONS)
+        identity = Identity(
+            f"profile:{name}#{self._generation}", name, material, profile.sni, profile.port
+        )
+        self._profiles[name] = _Cached(identity, (), time.monotonic())
+        if old is not None:
+            for callback in self.on_rotate:
+                callback(old.identity.key)
+
+    async def _changed(self, profile: ProfileConfig, cached: _Cached) -> bool:
+        now = time.monotonic()
+        if now - cached.checked < STAT_INTERVAL:
+            return False
+        cached.checked = now
+        files = _files_of(profile)
+        if not files:
+            return False
+        return await asyncio.to_thread(_mtimes, files) != cached.mtimes
+
+    async def _load_profile(self, profile: ProfileConfig) -> Identity:
+        if profile.vault_path or profile.vault_pki:
+            if self.vault_loader is None:
+                raise KeystoreError(
+                    f"profile {profile.name}",
+                    "uses the vault but ext.cred.hashicorp.vault.address is not set",
+                )
+            material = await self.vault_loader(profile)
+        else:
+            material = await asyncio.to_thread(load_file_profile, profile)
+        self._generation = next(_GENERATIONS)
+        key = f"profile:{profile.name}#{self._generation}"
+        identity = Identity(key, profile.name, material, profile.sni, profile.port)
+        await asyncio.to_thread(identity.context, True)  # build off the loop; fail early
+        return identity
+
+    async def _inline_identity(self, inline: InlineProfile, job_id: str) -> Identity:
+        digest = _inline_digest(inline)
+        identity = self._inline.get(digest)
+        if identity is not None:
+            self._inline.move_to_end(digest)
+            return identity
+        material = await asyncio.to_thread(load_inline, inline, job_id)
+        identity = Identity(f"inline:{digest[:16]}#{self._generation}", None, material, inline.sni)
+        await asyncio.to_thread(identity.context, True)
+        self._inline[digest] = identity
+        while len(self._inline) > INLINE_CACHE_SIZE:
+            old_key, old = self._inline.popitem(last=False)
+            for callback in self.on_rotate:
+                callback(old.key)
+        return identity
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A configuration's file-based profiles, loaded beside the running ones (``stage``)."""
+
+    config: AgentConfig
+    loaded: dict[str, _Cached]
+    problems: dict[str, str]  # profile → why its material did not load
+    vault_profiles: tuple[str, ...]  # material in the vault: checked in the config only
+
+
+async def stage(config: AgentConfig) -> Staged:
+    """Load every file-based profile of ``config`` (keystore, key, truststore, TLS context)
+    without touching the credentials in force, so a reload can be all or nothing.
+
+    Vault profiles are not fetched: the vault may be slow or briefly away, and a reload must not
+    wait on it; their material is loaded on first use, as at start.
+    """
+    side = Credentials(config)
+    problems: dict[str, str] = {}
+    vault: list[str] = []
+    for name in sorted(config.profiles):
+        profile = config.profiles[name]
+        if profile.vault_path or profile.vault_pki:
+            vault.append(name)
+            continue
+        try:
+            await side.for_profile(profile)
+        except AgentError as exc:
+            problems[name] = _naming(name, str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever breaks the load refuses the reload
+            problems[name] = _naming(name, f"cannot be loaded ({exc.__class__.__name__}: {exc})")
+    return Staged(config, dict(side._profiles), problems, tuple(vault))
+
+
+def _naming(profile: str, message: str) -> str:
+    return message if message.startswith(f"profile {profile}") else f"profile {profile}: {message}"
+
+
+def _check_validity(identity: Identity) -> None:
+    """A client certificate outside its validity period is refused before any partner sees it."""
+    validity = identity.validity
+    if validity is None:
+        return
+    now = time.time()
+    if validity[0] <= now <= validity[1]:
+        return
+    client = identity.material.client
+    assert client is not None
+    leaf = client.leaf
+    if validity[1] < now:
+        raise KeystoreError(
+            client.origin,
+            f"client certificate {client.subject} expired on "
+            f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: renew it (agent validate shows all)",
+        )
+    if validity[0] > now:
+        raise KeystoreError(
+            client.origin,
+            f"client certificate {client.subject} is not valid before "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check the clock or the certificate)",
+        )
+
+
+def _inline_digest(inline: InlineProfile) -> str:
+    h = hashlib.sha256()
+    for part in (
+        inline.keystore_data,
+        (inline.keystore_type or "").encode(),
+        (inline.password or "").encode(),
+        (inline.alias or "").encode(),
+        inline.truststore_pem or b"",
+    ):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
