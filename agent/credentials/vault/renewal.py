@@ -1,0 +1,121 @@
+"""The renewal task: sleeps until the token or a PKI certificate is due, then renews it.
+
+A renewed certificate replaces the held one and goes to ``on_renew(profile, material)``; a failed
+renewal keeps the current certificate and tries again, sooner as its expiry nears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config.config import ProfileConfig
+from agent.credentials.sources import ProfileMaterial
+from agent.credentials.vault.login import Session
+from agent.credentials.vault.pki import issue, renew_time
+from agent.credentials.vault.timing import RETRY_MAX, due, expiry, not_after, retry_delay
+from agent.errors import KeystoreError, VaultError
+
+log = logging.getLogger("agent.vault")
+
+IDLE_WAKE = 60.0  # the renewal task looks at the clock at least this often
+
+RenewCallback = Callable[[str, ProfileMaterial], object]
+
+
+@dataclass
+class Held:
+    """The material last loaded for a profile; ``renew_at`` is set for PKI certificates."""
+
+    profile: ProfileConfig
+    material: ProfileMaterial
+    renew_at: float | None = None
+
+
+class Renewals:
+    """Keeps the session's token and the held PKI certificates fresh."""
+
+    def __init__(
+        self, session: Session, held: dict[str, Held], on_renew: RenewCallback | None
+    ) -> None:
+        self.session = session
+        self.held = held  # by profile name; shared with the ``Vault`` that loads it
+        self.on_renew = on_renew  # called with (profile name, new material) after a renewal
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        session.on_lease = self.wake
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="vault-renewals")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def wake(self) -> None:
+        """Something new to schedule: look at the due times again."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def _next_due(self) -> float | None:
+        times = [h.renew_at for h in self.held.values() if h.renew_at is not None]
+        if self.session.due is not None:
+            times.append(self.session.due)
+        return min(times, default=None)
+
+    async def _run(self) -> None:
+        while True:
+            await self._sleep()
+            try:
+                await self.session.renew_if_due()
+                for name in [n for n, h in self.held.items() if due(h.renew_at)]:
+                    await self._renew_certificate(name)
+            except Exception:  # noqa: BLE001 - the task must outlive any one failure
+                log.exception("vault %s: renewal failed", self.session.client.address)
+                self.session.due = time.time() + RETRY_MAX
+
+    async def _sleep(self) -> None:
+        """Until the next due time (at most ``IDLE_WAKE``), or until woken."""
+        assert self._wake is not None
+        when = self._next_due()
+        delay = IDLE_WAKE if when is None else min(IDLE_WAKE, max(0.0, when - time.time()))
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    async def _renew_certificate(self, name: str) -> None:
+        held = self.held[name]
+        profile = held.profile
+        assert profile.vault_pki is not None
+        try:
+            material = await issue(self.session, profile, profile.vault_pki)
+        except Exception as exc:  # noqa: BLE001 - keep the current certificate, try again later
+            held.renew_at = time.time() + retry_delay(expiry(held.material))
+            if not isinstance(exc, VaultError | KeystoreError):
+                log.exception("profile %s: renewing the vault certificate failed", name)
+            log.warning("%s; keeping the current certificate of profile %s", exc, name)
+            return
+        self.held[name] = Held(profile, material, renew_time(material))
+        log.info(
+            "profile %s: the vault issued a new client certificate (valid until %s)",
+            name,
+            not_after(material),
+        )
+        self._hand_over(name, material)
+
+    def _hand_over(self, name: str, material: ProfileMaterial) -> None:
+        if self.on_renew is not None:
+            try:
+                self.on_renew(name, material)
+            except Exception:  # noqa: BLE001 - the next renewal must still happen
+                log.exception("profile %s: handing over the renewed certificate failed", name)
