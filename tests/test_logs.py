@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from agent import logs
+from agent.service import logs
 
 
 def test_the_background_writer_loses_nothing_and_keeps_order(

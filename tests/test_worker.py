@@ -202,7 +202,7 @@ async def test_an_idle_worker_says_so_at_debug_at_most_once_per_interval(
     the test's, so many quick cycles make one line until it moves on."""
     from dataclasses import replace
 
-    from agent import worker as worker_module
+    from agent.worker import worker as worker_module
 
     now = [1000.0]
     monkeypatch.setattr(worker_module, "_clock", lambda: now[0])
