@@ -10,6 +10,7 @@ import pytest
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import AgentConfig
+from agent.errors import JobError
 from agent.queues.ecc import EccQueue, job_from_record
 from agent.queues.journal import Journal
 from agent.service.runtime import Engine
@@ -68,6 +69,24 @@ def test_mid_payload_maps_onto_a_job() -> None:
         "partner",
     )
     assert dict(job.headers) == {"X-Test": "1"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "limit", "problem"),
+    [
+        ('{"endpoint": "' + "x" * 5000 + '"}', 4096, "over agent.max_job_bytes"),
+        ('{"a": ' + "[" * 200_000 + "]" * 200_000 + "}", 10**7, "nested deeper than"),
+        ('{"smuggle": ', 4096, "not valid JSON"),
+    ],
+    ids=["too-big", "too-deep", "malformed"],
+)
+def test_an_instance_record_that_skipped_enqueue_is_refused_unparsed(
+    payload: str, limit: int, problem: str
+) -> None:
+    """The instance is a source of rows that never met ``agent enqueue``: the same bounds."""
+    with pytest.raises(JobError, match=problem) as info:
+        job_from_record({"sys_id": "b" * 32, "topic": "RESTProbe", "payload": payload}, limit)
+    assert info.value.field == "payload"
 
 
 async def run_burst(config: AgentConfig, queue: EccQueue, journal: Journal | None = None) -> Worker:

@@ -31,8 +31,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 import aiohttp
 
+from agent.config.config import DEFAULT_MAX_JOB_BYTES
 from agent.errors import JobError, QueueError
 from agent.http.xmlsafe import XMLRejected, parse_xml
+from agent.jobs.jsonguard import MAX_DEPTH, nested_deeper
 from agent.jobs.model import Job, Result
 from agent.queues.base import Claim, JobStatus, Queue
 
@@ -49,14 +51,21 @@ FIELD_ALIASES = {
 INT_FIELDS = ("timeout", "max_attempts")
 
 
-def job_from_record(record: dict[str, Any]) -> Job:
-    """The Job an output record describes; JobError names what is wrong."""
+def job_from_record(record: dict[str, Any], max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Job:
+    """The Job an output record describes; JobError names what is wrong. A payload over
+    ``max_job_bytes``, or nested deeper than a job can be, is refused without being parsed."""
     payload = (record.get("payload") or "").strip()
+    if len(payload) > max_job_bytes:
+        raise JobError(
+            "payload", f"is {len(payload)} characters, over agent.max_job_bytes ({max_job_bytes})"
+        )
     raw: dict[str, Any]
     if payload.startswith("{"):
+        if nested_deeper(payload, MAX_DEPTH):
+            raise JobError("payload", f"is nested deeper than {MAX_DEPTH} levels: not a job")
         try:
             raw = json.loads(payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise JobError("payload", f"is not valid JSON: {exc}") from None
     else:
         raw = _xml_parameters(payload)
@@ -220,7 +229,7 @@ class EccQueue(Queue):
         job_id = record.get("agent_correlator") or sys_id
         self._records[job_id] = (sys_id, record.get("topic", ""), record.get("name", ""))
         try:
-            job = job_from_record(record)
+            job = job_from_record(record, self.max_job_bytes)
         except JobError as exc:
             log.error("ecc record %s is not a usable job: %s", sys_id, exc)
             await self._finish(job_id, Result.failed(job_id, exc.kind, exc.message))
