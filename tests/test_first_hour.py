@@ -103,6 +103,14 @@ def test_a_named_config_that_does_not_exist_is_exit_2(tmp_path: Path, command: l
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
+def test_demo_refuses_a_named_config_it_would_ignore(tmp_path: Path) -> None:
+    for named in (tmp_path / "missing.xml", tmp_path):
+        ran = run_agent("-c", str(named), "demo", cwd=tmp_path)
+        assert ran.returncode == 2, ran.stdout + ran.stderr
+        assert "agent demo runs on embedded defaults" in ran.stderr and str(named) in ran.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing may be created"
+
+
 def test_agent_config_variable_that_does_not_exist_is_exit_2(tmp_path: Path) -> None:
     env = dict(os.environ, AGENT_CONFIG=str(tmp_path / "nope.xml"))
     ran = subprocess.run(

@@ -229,6 +229,11 @@ def cmd_call(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.commands.demo.demo import run_demo
 
+    if args.config:  # the demo makes its own config: a named one would be silently ignored
+        raise ConfigError(
+            f"-c/--config: agent demo runs on embedded defaults and reads no config.xml "
+            f"(drop -c {args.config}; use agent validate or agent run for that file)"
+        )
     return asyncio.run(run_demo(keep=args.keep))
 
 
