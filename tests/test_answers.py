@@ -21,7 +21,8 @@ import pytest
 
 from agent.config.config import load_config
 from agent.http.transport import MAX_FIELD, MAX_HEADERS
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.service.runtime import Engine
 from tests.conftest import PKI, profile_config
 from tests.servers import NginxPorts, ServerPKI

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from agent.errors import JobError
-from agent.jobs.model import Job, Result, TLSInfo
+from agent.jobs.model import Job
+from agent.jobs.results import Result, TLSInfo
 
 BASE: dict[str, Any] = {"topic": "RESTProbe", "endpoint": "https://api.example/x"}
 
@@ -98,7 +99,7 @@ def test_result_to_dict_carries_every_field() -> None:
     """to_dict is written out by hand for speed: it must still carry every field there is."""
     from dataclasses import asdict
 
-    from agent.jobs.model import ErrorInfo, SoapFault, TLSInfo
+    from agent.jobs.results import ErrorInfo, SoapFault, TLSInfo
 
     result = Result(
         id="r",

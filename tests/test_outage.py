@@ -22,7 +22,8 @@ import asyncpg
 import pytest
 
 from agent.commands.demo.demoserver import DemoServer
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.queues.base import Claim, Queue
 from agent.queues.postgres import PostgresQueue
 from agent.queues.sqlite import SqliteQueue

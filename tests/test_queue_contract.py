@@ -22,7 +22,8 @@ import pytest
 
 from agent.config.secure import JobKey
 from agent.errors import JobError
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.queues.base import Claim, Queue
 from agent.queues.ecc import EccQueue
 from agent.queues.postgres import PostgresQueue

@@ -17,7 +17,8 @@ import pytest
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.secure import JobKey
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.queues.base import Claim
 from agent.queues.journal import Journal
 from agent.queues.postgres import MIGRATIONS, PostgresQueue

@@ -18,7 +18,8 @@ from lxml import etree
 
 from agent.config.config import load_config
 from agent.errors import JobError
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.service.runtime import Engine
 from tests.servers import Nginx, ServerPKI
 from tests.soapserver import (

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from agent.config.config import AgentConfig, load_config
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.service.runtime import Engine
 from tests.conftest import write_config
 from tests.servers import NginxPorts, OpenSSLServer, ServerPKI

@@ -21,7 +21,8 @@ from agent.credentials.sources import ProfileMaterial
 from agent.credentials.vault import Vault, parse_pki
 from agent.errors import VaultError
 from agent.http.call import Caller
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.service.runtime import Engine
 from agent.tls.identities import Credentials
 from tests.conftest import P12_PASSWORD, PKI, write_config

@@ -15,7 +15,8 @@ import pytest
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import AgentConfig, load_config
 from agent.errors import QueueError
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.queues.base import Claim, Exchange
 from agent.queues.journal import Journal
 from agent.queues.sqlite import SqliteQueue

@@ -39,7 +39,8 @@ from agent.http.transport import (
     mark_answered,
     proxy_args,
 )
-from agent.jobs.model import InlineProfile, Job, Result, SoapFault, TLSInfo
+from agent.jobs.model import InlineProfile, Job
+from agent.jobs.results import Result, SoapFault, TLSInfo
 from agent.tls.context import choose_sni, is_ip_literal
 from agent.tls.handshake import peer_names
 from agent.tls.identities import Credentials, Identity

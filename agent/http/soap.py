@@ -17,7 +17,7 @@ from lxml import etree
 
 from agent.errors import JobError
 from agent.http.xmlsafe import XMLRejected, local_name, parse_xml, text_of
-from agent.jobs.model import SoapFault
+from agent.jobs.results import SoapFault
 
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"

@@ -37,7 +37,7 @@ from aiohttp.connector import Connection
 from cryptography import x509
 
 from agent.http.allowlist import AllowList
-from agent.jobs.model import TLSInfo
+from agent.jobs.results import TLSInfo
 
 log = logging.getLogger("agent.transport")
 

@@ -23,7 +23,9 @@ from agent.config.config import DEFAULT_MAX_JOB_BYTES
 from agent.config.secure import JobKey, SealBroken
 from agent.errors import JobError, QueueError
 from agent.jobs.jsonguard import MAX_DEPTH, nested_deeper
-from agent.jobs.model import Job, Result, merge_secrets, split_secrets
+from agent.jobs.model import Job
+from agent.jobs.results import Result
+from agent.jobs.secrets import merge_secrets, split_secrets
 
 State = Literal["ready", "processing", "processed", "error"]
 

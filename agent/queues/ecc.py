@@ -35,7 +35,8 @@ from agent.config.config import DEFAULT_MAX_JOB_BYTES
 from agent.errors import JobError, QueueError
 from agent.http.xmlsafe import XMLRejected, parse_xml
 from agent.jobs.jsonguard import MAX_DEPTH, nested_deeper
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.queues.base import Claim, JobStatus, Queue
 
 log = logging.getLogger("agent.queues.ecc")

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from agent.config.secure import private_file
 from agent.errors import ConfigError
-from agent.jobs.model import Job, Result, without_secrets
+from agent.jobs.model import Job
+from agent.jobs.results import Result
+from agent.jobs.secrets import without_secrets
 from agent.queues.base import Claim
 
 SCHEMA = """

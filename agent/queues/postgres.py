@@ -37,7 +37,9 @@ import asyncpg
 
 from agent.config.secure import JobKey
 from agent.errors import QueueError
-from agent.jobs.model import SECRET_FIELDS, Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
+from agent.jobs.secrets import SECRET_FIELDS
 from agent.queues.base import (
     Claim,
     Exchange,

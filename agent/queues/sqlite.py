@@ -31,7 +31,9 @@ import orjson
 
 from agent.config.secure import JobKey, private_file
 from agent.errors import ConfigError, QueueError
-from agent.jobs.model import SECRET_FIELDS, Job, Result, has_secrets
+from agent.jobs.model import Job
+from agent.jobs.results import Result
+from agent.jobs.secrets import SECRET_FIELDS, has_secrets
 from agent.queues.base import (
     Claim,
     Exchange,

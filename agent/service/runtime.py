@@ -18,7 +18,7 @@ from agent.credentials.sources import ProfileMaterial
 from agent.errors import AgentError, ConfigError, QueueError, VaultError
 from agent.http.call import Caller, address_allow_list
 from agent.http.transport import Transport
-from agent.jobs.model import Result
+from agent.jobs.results import Result
 from agent.queues import open_queue
 from agent.queues.base import Claim, Queue, redact_url
 from agent.queues.journal import Journal

@@ -24,7 +24,8 @@ from typing import Any
 from agent.config.config import AgentConfig, ProfileConfig
 from agent.credentials.sources import ProfileMaterial, load_file_profile, load_inline
 from agent.errors import AgentError, KeystoreError, UnknownProfileError
-from agent.jobs.model import SNI, InlineProfile, Job
+from agent.jobs.model import InlineProfile, Job
+from agent.jobs.parse import SNI
 from agent.tls.context import build_context
 
 log = logging.getLogger("agent.credentials")

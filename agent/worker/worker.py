@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 from agent.config.config import AgentConfig
 from agent.errors import QueueError
 from agent.http.call import Caller
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.queues.base import Claim, Queue
 from agent.queues.journal import Journal
 

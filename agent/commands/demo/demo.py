@@ -20,7 +20,8 @@ from typing import Any
 from agent.commands.demo.demoserver import DemoServer, summary
 from agent.commands.demo.pki import CA, Issued
 from agent.config.secure import load_secure_config
-from agent.jobs.model import Job, Result
+from agent.jobs.model import Job
+from agent.jobs.results import Result
 from agent.queues import open_queue
 from agent.service.runtime import Daemon
 

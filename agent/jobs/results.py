@@ -1,0 +1,94 @@
+"""Results: what a job's call produced, as the contract's JSON (``Result.to_dict``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SoapFault:
+    code: str
+    message: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    sni: str | None = None
+    version: str | None = None
+    cipher: str | None = None
+    client_certificate: str | None = None
+    server_certificate: str | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    id: str
+    state: Literal["processed", "error"]
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None
+    body_base64: str | None = None
+    elapsed_ms: float = 0.0
+    attempts: int = 1
+    error: ErrorInfo | None = None
+    soap_fault: SoapFault | None = None
+    tls: TLSInfo = field(default_factory=TLSInfo)
+    hint: str | None = None  # for a processed answer whose status points at the client cert
+
+    @classmethod
+    def failed(cls, job_id: str, kind: str, message: str, **extra: Any) -> Result:
+        return cls(id=job_id, state="error", error=ErrorInfo(kind, message), **extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        # Written out rather than dataclasses.asdict: this runs for every job, and asdict's deep
+        # copies were a measurable share of the agent's per-job cost.
+        out: dict[str, Any] = {
+            "id": self.id,
+            "state": self.state,
+            "status": self.status,
+            "headers": dict(self.headers),
+            "body": self.body,
+        }
+        if self.body_base64 is not None:
+            out["body_base64"] = self.body_base64
+        error, fault, tls = self.error, self.soap_fault, self.tls
+        out |= {
+            "elapsed_ms": self.elapsed_ms,
+            "attempts": self.attempts,
+            "error": {"kind": error.kind, "message": error.message} if error else None,
+            "soap_fault": (
+                {"code": fault.code, "message": fault.message, "detail": fault.detail}
+                if fault
+                else None
+            ),
+            "tls": {
+                "sni": tls.sni,
+                "version": tls.version,
+                "cipher": tls.cipher,
+                "client_certificate": tls.client_certificate,
+                "server_certificate": tls.server_certificate,
+            },
+            "hint": self.hint,
+        }
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Result:
+        raw = dict(raw)
+        error = raw.pop("error", None)
+        fault = raw.pop("soap_fault", None)
+        tls = raw.pop("tls", None) or {}
+        return cls(
+            **raw,
+            error=ErrorInfo(**error) if error else None,
+            soap_fault=SoapFault(**fault) if fault else None,
+            tls=TLSInfo(**tls),
+        )
