@@ -80,6 +80,12 @@ class ConfigError(AgentError):
         self.parameter = parameter
         self.line = line
 
+    def located(self, path: object) -> ConfigError:
+        """The same error naming the file it came from; its parameter and line are kept."""
+        located = ConfigError(f"{path}: {self.message.removeprefix('config: ')}")
+        located.parameter, located.line = self.parameter, self.line
+        return located
+
 
 class JobError(AgentError):
     """A job is malformed. ``problems`` lists every (field, message) found; ``field`` and

@@ -239,3 +239,18 @@ def test_log_format_is_text_json_or_auto() -> None:
     assert (fmt("text"), fmt("JSON"), fmt("auto")) == ("text", "json", "auto")
     with pytest.raises(ConfigError, match="parameter agent.log.format.*must be text or json"):
         fmt("xml")
+
+
+def test_a_config_error_from_a_file_keeps_its_parameter_and_line(tmp_path: Path) -> None:
+    from agent.config.config import load_config
+    from agent.config.secure import load_secure_config
+
+    path = tmp_path / "config.xml"
+    path.write_text(
+        '<parameters>\n\n  <parameter name="threads.max" value="many"/>\n</parameters>\n'
+    )
+    for load in (load_config, load_secure_config):
+        with pytest.raises(ConfigError) as info:
+            load(path)
+        assert (info.value.parameter, info.value.line) == ("threads.max", 3)
+        assert str(path) in str(info.value) and "threads.max" in str(info.value)

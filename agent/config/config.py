@@ -506,13 +506,20 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig
     """Read config.xml from ``path``; a missing file gives the embedded defaults."""
     env = os.environ if env is None else env
     path = path.resolve()
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
+    text = read_config(path)
+    if text is None:
         return from_parameters({}, base_dir=path.parent, env=env)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     try:
         return AgentConfig.from_xml(text, base_dir=path.parent, env=env)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message.removeprefix('config: ')}") from None
+        raise exc.located(path) from None
+
+
+def read_config(path: Path) -> bytes | None:
+    """config.xml's bytes; None when there is no such file (the embedded defaults apply)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None

@@ -26,7 +26,13 @@ import orjson
 from cryptography.fernet import Fernet, InvalidToken
 from lxml import etree
 
-from agent.config.config import AgentConfig, Parameter, from_parameters, parse_parameters
+from agent.config.config import (
+    AgentConfig,
+    Parameter,
+    from_parameters,
+    parse_parameters,
+    read_config,
+)
 from agent.errors import ConfigError, QueueError
 
 log = logging.getLogger("agent.config")
@@ -115,12 +121,9 @@ def load_secure_config(path: Path, env: Mapping[str, str] | None = None) -> Agen
     """Load config.xml, encrypting plain ``secure="true"`` values in place first."""
     env = os.environ if env is None else env
     path = path.resolve()
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
+    text = read_config(path)
+    if text is None:
         return from_parameters({}, base_dir=path.parent, env=env)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     try:
         params = parse_parameters(text)
         plain_secure = {n for n, p in params.items() if p.secure and not p.value.startswith(PREFIX)}
@@ -137,7 +140,7 @@ def load_secure_config(path: Path, env: Mapping[str, str] | None = None) -> Agen
         config = from_parameters(params, base_dir=path.parent, env=env)
         return dataclasses.replace(config, config_path=path)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message.removeprefix('config: ')}") from None
+        raise exc.located(path) from None
 
 
 class SealBroken(Exception):
