@@ -11,10 +11,10 @@ import pytest
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import load_config
+from agent.engine.engine import Engine
 from agent.errors import ConfigError, DestinationDenied
 from agent.http.allowlist import PARAMETER, AllowList
 from agent.jobs.model import Job
-from agent.service.runtime import Engine
 from tests.conftest import PKI, arun_agent, profile_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -122,7 +122,7 @@ def rest_job(job_id: str, host: str, port: int) -> Job:
 async def run_job(config: Path, job: Job) -> dict[str, object]:
     engine = Engine(load_config(config))
     try:
-        result = await engine.caller.run(job)
+        result = await engine.run(job)
     finally:
         await engine.close()
     return result.to_dict()
@@ -177,11 +177,11 @@ async def test_allowed_by_address_then_denied_after_the_list_changes(
     config = profile_config(tmp_path, pki, mtls_server.port, **{PARAMETER: "127.0.0.0/8"})
     engine = Engine(load_config(config))
     try:
-        first = await engine.caller.run(rest_job("by-address", "alpha.test", mtls_server.port))
+        first = await engine.run(rest_job("by-address", "alpha.test", mtls_server.port))
         assert first.state == "processed" and first.status == 200
         narrowed = profile_config(tmp_path, pki, listener.port, **{PARAMETER: "10.0.0.0/8"})
         engine.reload(load_config(narrowed))
-        second = await engine.caller.run(rest_job("narrowed", "alpha.test", listener.port))
+        second = await engine.run(rest_job("narrowed", "alpha.test", listener.port))
         assert second.error is not None and second.error.kind == "destination_denied"
         assert listener.accepted == 0
     finally:

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from agent.config.config import load_config
+from agent.engine.engine import Engine
 from agent.http.transport import MAX_FIELD, MAX_HEADERS
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from agent.service.runtime import Engine
 from tests.conftest import PKI, profile_config
 from tests.servers import NginxPorts, ServerPKI
 from tests.test_timeouts import server_context
@@ -136,7 +136,7 @@ async def run(engine: Engine, pki: PKI, answer: Answer, **fields: Any) -> tuple[
     """The job's result and how many times its request reached the peer."""
     peer = CountingPeer(answer, server_context(pki))
     async with peer as port:
-        result = await asyncio.wait_for(engine.caller.run(job(port, **fields)), 60)
+        result = await asyncio.wait_for(engine.run(job(port, **fields)), 60)
     return result, peer.requests
 
 
@@ -261,7 +261,7 @@ async def test_a_request_aiohttp_will_not_build_is_invalid_job(
     peer = CountingPeer(sends(OK_HEAD + b"Content-Length: 0\r\n\r\n"), server_context(pki))
     async with peer as port:
         bad = dataclasses.replace(job(port), **change)
-        result = await asyncio.wait_for(engine.caller.run(bad), 60)
+        result = await asyncio.wait_for(engine.run(bad), 60)
     assert (kind(result), result.attempts, peer.requests) == ("invalid_job", 1, 0), result
     assert result.error is not None and f"job field {field!r}" in result.error.message
     assert "cannot classify" not in caplog.text and "Traceback" not in caplog.text
@@ -271,7 +271,7 @@ async def test_an_endpoint_port_out_of_range_is_invalid_job(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = dataclasses.replace(job(443), endpoint="https://alpha.test:99999/")
-    result = await engine.caller.run(bad)
+    result = await engine.run(bad)
     assert (kind(result), result.attempts) == ("invalid_job", 1), result
     assert result.error is not None and "job field 'endpoint'" in result.error.message
     assert "unexpected failure" not in caplog.text
@@ -291,7 +291,7 @@ async def nginx_engine(tmp_path: Path, server_pki: ServerPKI) -> AsyncIterator[E
 async def nginx_call(engine: Engine, port: int, profile: str) -> Result:
     fields = {"id": "h", "topic": "RESTProbe", "protocol_profile": profile}
     endpoint = f"https://alpha.test:{port}/echo"
-    return await engine.caller.run(Job.from_dict(fields | {"endpoint": endpoint}))
+    return await engine.run(Job.from_dict(fields | {"endpoint": endpoint}))
 
 
 @pytest.mark.parametrize(
@@ -320,6 +320,6 @@ async def test_an_ordinary_400_has_no_hint(nginx_engine: Engine, nginx_ports: Ng
     assert (result.status, result.hint) == (200, None)
     endpoint = f"https://alpha.test:{nginx_ports.plain}/status/400"
     fields = {"id": "h", "topic": "RESTProbe", "endpoint": endpoint, "protocol_profile": "one"}
-    result = await nginx_engine.caller.run(Job.from_dict(fields))
+    result = await nginx_engine.run(Job.from_dict(fields))
     assert (result.state, result.status, result.hint) == ("processed", 400, None)
     assert result.to_dict()["hint"] is None

@@ -10,9 +10,9 @@ import signal
 from pathlib import Path
 
 from agent.commands.demo.demoserver import DemoServer
+from agent.engine.engine import Engine
 from agent.jobs.model import Job
 from agent.queues.sqlite import SqliteQueue
-from agent.service.runtime import Engine
 from tests.conftest import PKI, arun_agent, profile_config, write_config
 from tests.servers import NginxPorts, ServerPKI, Tinyproxy
 from tests.test_daemon import log_line, start_daemon
@@ -132,7 +132,7 @@ async def test_call_through_a_forward_proxy_keeps_mtls_and_sni(
         try:
             url = f"https://127.0.0.1:{nginx_ports.plain}/echo"
             job = rest_job("via-proxy", url, "one") | {"sni": "alpha.test"}
-            result = await engine.caller.run(Job.from_dict(job))
+            result = await engine.run(Job.from_dict(job))
             seen = echo(result)
             assert seen["sni"] == "alpha.test" and seen["client_dn"].startswith("CN=client-one")
             assert proxy.connects() == [f"127.0.0.1:{nginx_ports.plain}"]
@@ -159,7 +159,7 @@ async def test_proxy_refusing_the_credentials_is_reported(
         try:
             url = f"https://127.0.0.1:{nginx_ports.plain}/echo"
             job = rest_job("bad-proxy", url, "one") | {"sni": "alpha.test"}
-            result = await engine.caller.run(Job.from_dict(job))
+            result = await engine.run(Job.from_dict(job))
             assert result.error is not None and result.error.kind == "connect"
             assert "proxy refused the tunnel" in result.error.message
             assert "mid.proxy.password" in result.error.message

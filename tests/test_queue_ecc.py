@@ -10,10 +10,10 @@ import pytest
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import AgentConfig
+from agent.engine.engine import Engine
 from agent.errors import JobError
 from agent.queues.ecc import EccQueue, job_from_record
 from agent.queues.journal import Journal
-from agent.service.runtime import Engine
 from agent.worker.worker import Worker
 from tests.conftest import PKI, profile_config
 from tests.fake_instance import FakeInstance, serve_instance
@@ -91,7 +91,7 @@ def test_an_instance_record_that_skipped_enqueue_is_refused_unparsed(
 
 async def run_burst(config: AgentConfig, queue: EccQueue, journal: Journal | None = None) -> Worker:
     engine = Engine(config)
-    worker = Worker(config, queue, engine.caller, burst=True, journal=journal)
+    worker = Worker(queue, engine, burst=True, journal=journal)
     try:
         await worker.serve()
     finally:
@@ -163,16 +163,16 @@ async def test_outage_keeps_results_in_the_journal_until_the_instance_returns(
     try:
         engine = Engine(config)
         (claim,) = await queue.claim(AGENT, 5, 60)
-        result = await engine.caller.run(claim.job)
+        result = await engine.run(claim.job)
         await engine.close()
         instance.outage = True
-        worker = Worker(config, queue, engine.caller, burst=True, journal=journal)
+        worker = Worker(queue, engine, burst=True, journal=journal)
         await worker.store([(claim, result, 0.1)])
         assert worker.stats.journaled == 1 and instance.answers_to(sys_id) == []
         journal.close()
         journal = Journal(tmp_path / "journal.db")  # a restart in between loses nothing
         instance.outage = False
-        worker = Worker(config, queue, engine.caller, burst=True, journal=journal)
+        worker = Worker(queue, engine, burst=True, journal=journal)
         assert await worker.deliver_journal() == 1
     finally:
         await queue.close()

@@ -9,8 +9,8 @@ import pytest
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import load_config
+from agent.engine.engine import Engine
 from agent.jobs.model import Job
-from agent.service.runtime import Engine
 from tests.conftest import PKI, profile_config
 from tests.servers import free_port
 
@@ -31,7 +31,7 @@ async def test_dropped_connection_is_retried_with_the_same_idempotency_key(
     engine: Engine, mtls_server: DemoServer
 ) -> None:
     url = f"https://alpha.test:{mtls_server.port}/flaky?fail=2"
-    result = await engine.caller.run(job("r1", url, method="POST", body="x", max_attempts=5))
+    result = await engine.run(job("r1", url, method="POST", body="x", max_attempts=5))
     assert (result.state, result.status, result.attempts) == ("processed", 200, 3)
     keys = [r["headers"].get("Idempotency-Key") for r in mtls_server.requests]
     assert keys == ["r1", "r1", "r1"]
@@ -41,7 +41,7 @@ async def test_without_attempts_left_the_failure_is_the_result(
     engine: Engine, mtls_server: DemoServer
 ) -> None:
     url = f"https://alpha.test:{mtls_server.port}/flaky?fail=2"
-    result = await engine.caller.run(job("r2", url, method="POST", max_attempts=2))
+    result = await engine.run(job("r2", url, method="POST", max_attempts=2))
     assert (result.state, result.attempts) == ("error", 2)
     assert result.error is not None and result.error.kind == "connect"
     assert mtls_server.seen["r2"] == 2
@@ -49,13 +49,13 @@ async def test_without_attempts_left_the_failure_is_the_result(
 
 async def test_an_answer_is_never_retried(engine: Engine, mtls_server: DemoServer) -> None:
     url = f"https://alpha.test:{mtls_server.port}/status/503"
-    result = await engine.caller.run(job("r3", url, max_attempts=4))
+    result = await engine.run(job("r3", url, max_attempts=4))
     assert (result.state, result.status, result.attempts) == ("processed", 503, 1)
 
 
 async def test_connection_refused_is_retried_then_reported(engine: Engine) -> None:
     url = f"https://alpha.test:{free_port()}/"
-    result = await engine.caller.run(job("r4", url, max_attempts=3))
+    result = await engine.run(job("r4", url, max_attempts=3))
     assert (result.state, result.attempts) == ("error", 3)
     assert result.error is not None and result.error.kind == "connect"
 
@@ -64,6 +64,6 @@ async def test_a_client_certificate_rejection_is_not_retried(
     engine: Engine, mtls_server: DemoServer
 ) -> None:
     url = f"https://alpha.test:{mtls_server.port}/echo"
-    result = await engine.caller.run(job("r5", url, max_attempts=3, sni=False))
+    result = await engine.run(job("r5", url, max_attempts=3, sni=False))
     assert result.error is not None and result.error.kind == "sni_required"
     assert result.attempts == 1

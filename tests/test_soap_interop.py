@@ -17,10 +17,10 @@ import pytest
 from lxml import etree
 
 from agent.config.config import load_config
+from agent.engine.engine import Engine
 from agent.errors import JobError
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from agent.service.runtime import Engine
 from tests.servers import Nginx, ServerPKI
 from tests.soapserver import (
     ENVELOPE_NS,
@@ -88,7 +88,7 @@ def soap_job(url: str, version: str, op: str, body: str, **extra: Any) -> dict[s
 
 
 async def run(engine: Engine, raw: dict[str, Any]) -> Result:
-    return await engine.caller.run(Job.from_dict(raw))
+    return await engine.run(Job.from_dict(raw))
 
 
 def answered(result: Result, status: int = 200) -> etree._Element:
@@ -203,7 +203,7 @@ async def refused(engine: Engine, raw: dict[str, Any]) -> tuple[str, str]:
         job = Job.from_dict(raw)
     except JobError as exc:
         return exc.kind, exc.message
-    result = await engine.caller.run(job)
+    result = await engine.run(job)
     assert result.state == "error" and result.error is not None, result.to_dict()
     assert result.status is None, result.to_dict()
     return result.error.kind, result.error.message

@@ -16,8 +16,8 @@ import pytest
 from agent.config.config import load_config
 from agent.credentials.formats import KeyMaterial
 from agent.credentials.memory import load_client_material
+from agent.engine.engine import Engine
 from agent.jobs.model import Job
-from agent.service.runtime import Engine
 from tests.conftest import PKI, profile_config
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -121,7 +121,7 @@ async def test_a_peer_stalling_at_any_stage_ends_the_job_as_timeout(
                 "max_attempts": 1,
             }
         )
-        result = await asyncio.wait_for(engine.caller.run(job), 30)
+        result = await asyncio.wait_for(engine.run(job), 30)
         assert result.state == "error", result
         assert result.error is not None
         assert (result.error.kind, result.attempts) == ("timeout", 1), result.error

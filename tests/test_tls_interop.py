@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from agent.config.config import AgentConfig, load_config
+from agent.engine.engine import Engine
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from agent.service.runtime import Engine
 from tests.conftest import write_config
 from tests.servers import NginxPorts, OpenSSLServer, ServerPKI
 
@@ -58,7 +58,7 @@ async def engine(tmp_path: Path, server_pki: ServerPKI) -> AsyncIterator[Engine]
 
 async def call(engine: Engine, url: str, profile: str = "one", **fields: Any) -> Result:
     job = {"id": "j", "topic": "RESTProbe", "endpoint": url, "protocol_profile": profile}
-    return await engine.caller.run(Job.from_dict(job | fields))
+    return await engine.run(Job.from_dict(job | fields))
 
 
 def echo(result: Result) -> dict[str, str]:
@@ -203,7 +203,7 @@ async def test_untrusted_server_names_the_trust_store_in_force(
         if how.startswith("inline"):
             pem = None if "without" in how else server_pki.stranger_ca_pem.read_bytes()
             job["inline_profile"] = inline(server_pki, pem)
-        result = await engine.caller.run(Job.from_dict(job))
+        result = await engine.run(Job.from_dict(job))
     assert kind(result) == "certificate_verify", result.to_dict()
     assert result.error is not None and trust in result.error.message
     assert "<profile>.truststore" not in result.error.message or how == "no profile"
@@ -285,7 +285,7 @@ async def test_profile_url_scheme_uses_the_profile_and_its_port(
     engine = Engine(config)
     try:
         job = {"id": "p", "topic": "RESTProbe", "endpoint": "two://beta.test/echo"}
-        seen = echo(await engine.caller.run(Job.from_dict(job)))
+        seen = echo(await engine.run(Job.from_dict(job)))
         assert seen["sni"] == "beta.test" and seen["client_dn"].startswith("CN=client-two")
         assert seen["port"] == str(nginx_ports.sni)
     finally:

@@ -19,11 +19,11 @@ from agent.commands.demo.pki import CA
 from agent.config.config import AgentConfig, ProfileConfig, VaultConfig
 from agent.credentials.sources import ProfileMaterial
 from agent.credentials.vault import Vault, parse_pki
+from agent.engine.engine import Engine
 from agent.errors import VaultError
 from agent.http.call import Caller
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from agent.service.runtime import Engine
 from agent.tls.identities import Credentials
 from tests.conftest import P12_PASSWORD, PKI, write_config
 from tests.openbao import OpenBao, openbao_fixture, openbao_tls_fixture  # noqa: F401

@@ -14,13 +14,13 @@ import pytest
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import AgentConfig, load_config
+from agent.engine.engine import Engine
 from agent.errors import QueueError
 from agent.jobs.model import Job
 from agent.jobs.results import Result
 from agent.queues.base import Claim, Exchange
 from agent.queues.journal import Journal
 from agent.queues.sqlite import SqliteQueue
-from agent.service.runtime import Engine
 from agent.worker.worker import Worker
 from tests.conftest import PKI, profile_config
 
@@ -74,7 +74,7 @@ async def test_a_stop_gives_back_claimed_jobs_that_had_not_started_while_others_
     queue = setup.queue
     ids = [f"ahead-{i}" for i in range(6)]
     await queue.enqueue([slow_job(i, mtls_server.port) for i in ids])
-    worker = Worker(setup.config, queue, setup.engine.caller, prefetch=2)  # two beyond the slots
+    worker = Worker(queue, setup.engine, prefetch=2)  # two beyond the slots
     serving = asyncio.create_task(worker.serve())
 
     async def states() -> dict[str, str]:
@@ -120,7 +120,7 @@ async def test_a_busy_worker_claims_ahead_and_runs_everything(
             for i in ids
         ]
     )
-    worker = Worker(setup.config, setup.queue, setup.engine.caller, burst=True)
+    worker = Worker(setup.queue, setup.engine, burst=True)
     stats = await asyncio.wait_for(worker.serve(), 120)
     assert worker.prefetch > 0
     assert (stats.processed, stats.errors, stats.claimed) == (300, 0, 300)
@@ -171,7 +171,7 @@ async def test_jobs_finishing_during_an_outage_do_not_cut_the_back_off_short(
     monkeypatch.setattr(
         "agent.worker.worker.random.uniform", lambda low, high: 30.0
     )  # a long back-off
-    worker = Worker(config, queue, engine.caller, journal=journal)
+    worker = Worker(queue, engine, journal=journal)
     serving = asyncio.create_task(worker.serve())
 
     async def all_running() -> bool:
@@ -216,8 +216,8 @@ async def test_an_idle_worker_says_so_at_debug_at_most_once_per_interval(
         await waited(timeout)
 
     monkeypatch.setattr(setup.queue, "wait_for_work", counting)
-    config = replace(setup.config, poll_time=0.01)
-    worker = Worker(config, setup.queue, setup.engine.caller)
+    engine = Engine(replace(setup.config, poll_time=0.01))
+    worker = Worker(setup.queue, engine)
     caplog.set_level(logging.DEBUG, logger="agent.worker")
     serving = asyncio.create_task(worker.serve())
 
@@ -237,3 +237,4 @@ async def test_an_idle_worker_says_so_at_debug_at_most_once_per_interval(
     finally:
         worker.request_stop()
         await asyncio.wait_for(serving, 30)
+        await engine.close()

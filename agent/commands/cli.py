@@ -205,7 +205,7 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    from agent.service.runtime import Engine
+    from agent.engine.engine import Engine
 
     config = _load(args)
     setup_logging(config.log_level, json_lines=json_lines_for(config.log_format))
@@ -217,7 +217,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     async def once() -> int:
         engine = Engine(config)
         try:
-            result = await engine.caller.run(jobs[0])
+            result = await engine.run(jobs[0])
         finally:
             await engine.close()
         _print_json(result.to_dict())

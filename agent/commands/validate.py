@@ -12,7 +12,7 @@ from agent.tls.reports import collect_reports
 
 
 async def run_validate(config: AgentConfig, *, profile: str | None, as_json: bool) -> int:
-    from agent.service.runtime import Engine
+    from agent.engine.engine import Engine
 
     names = sorted(config.profiles)
     if profile is not None:

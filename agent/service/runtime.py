@@ -11,13 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config.config import AgentConfig, ProfileConfig
+from agent.config.config import AgentConfig
 from agent.config.secure import load_secure_config
 from agent.credentials.inspect import ProfileReport
-from agent.credentials.sources import ProfileMaterial
-from agent.errors import AgentError, ConfigError, QueueError, VaultError
-from agent.http.call import Caller, address_allow_list
-from agent.http.transport import Transport
+from agent.engine.engine import Engine
+from agent.errors import AgentError, ConfigError, QueueError
 from agent.jobs.results import Result
 from agent.queues import open_queue
 from agent.queues.base import Claim, Queue, redact_url
@@ -25,92 +23,16 @@ from agent.queues.journal import Journal
 from agent.service.health import HealthServer, Readiness, serves_health
 from agent.service.metrics import Metrics, default_metrics
 from agent.service.notify import Notifier
-from agent.tls.identities import Credentials, Staged, stage
+from agent.tls.identities import Staged, stage
 from agent.tls.reports import collect_reports
 from agent.worker.worker import Worker
 
 if TYPE_CHECKING:
-    from agent.credentials.vault import Vault
+    pass
 
 log = logging.getLogger("agent")
 
 CERT_CHECK_INTERVAL = 24 * 3600.0  # seconds between certificate checks (also on each reload)
-
-
-class Engine:
-    """Everything needed to run jobs, without the queue: used by ``call`` and the daemon."""
-
-    def __init__(self, config: AgentConfig) -> None:
-        self.config = config
-        self.transport = Transport(config.resolve)
-        self.credentials = Credentials(config, vault_loader=self._vault_load)
-        self.credentials.on_rotate.append(self.transport.retire)
-        self.caller = Caller(config, self.credentials, self.transport)
-        self.transport.set_allow(address_allow_list(config))
-        self.vault: Vault | None = None  # opened on the first profile that needs it
-        self.on_vault_error: list[Callable[[], None]] = []
-        self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
-
-    def reload(self, config: AgentConfig, staged: Staged | None = None) -> None:
-        """New config in force for the next job; connections under old material retire.
-        ``staged``: the new config's profiles already loaded (``credentials.stage``)."""
-        old_vault = self.config.vault
-        self.config = config
-        self.caller.config = config
-        self.credentials.reload(config, staged)
-        self.transport.set_resolve(config.resolve)
-        self.transport.set_allow(address_allow_list(config))
-        self.transport.retire_all()
-        if self.vault is not None and config.vault != old_vault:
-            vault, self.vault = self.vault, None  # the next load logs in to the new one
-            task = asyncio.get_running_loop().create_task(vault.close())
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
-
-    @property
-    def uses_vault(self) -> bool:
-        return any(p.vault_path or p.vault_pki for p in self.config.profiles.values())
-
-    async def _vault_load(self, profile: ProfileConfig) -> ProfileMaterial:
-        if self.vault is None:
-            from agent.credentials.vault import (
-                Vault,  # hvac is only imported when a profile needs it
-            )
-
-            try:
-                vault = Vault(self.config.vault, on_renew=self._renewed)
-            except ConfigError as exc:
-                raise VaultError(f"profile {profile.name}: {exc.message}") from None
-            await vault.start()
-            self.vault = vault
-        try:
-            return await self.vault.load(profile)
-        except VaultError:
-            for callback in self.on_vault_error:
-                callback()
-            raise
-
-    def _renewed(self, name: str, material: ProfileMaterial) -> None:
-        """A vault PKI certificate was renewed: new connections present the new one."""
-        if name in self.config.profiles:
-            self.credentials.replace_profile(name, material)
-            log.info("profile %s: renewed certificate from the vault in force", name)
-        for callback in self.on_vault_renew:
-            callback(name, material)
-
-    async def check_vault(self) -> None:
-        """Raise VaultError unless the vault (when profiles use it) answers: for readiness."""
-        if self.vault is not None:
-            await self.vault.check()
-
-    async def close(self) -> None:
-        await self.transport.close()
-        if self.vault is not None:
-            await self.vault.close()
-            self.vault = None
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 class Daemon:
@@ -143,9 +65,8 @@ class Daemon:
         await self.queue.open()
         journal = Journal(self.config.base_dir / self.config.journal_path)
         self.worker = Worker(
-            self.config,
             self.queue,
-            self.engine.caller,
+            self.engine,
             burst=self.burst,
             journal=journal,
             on_result=self._job_done,
@@ -332,7 +253,6 @@ class Daemon:
         self.config = new
         self.engine.reload(new, staged)
         if self.worker is not None:
-            self.worker.config = new
             self.worker.wake()
         logging.getLogger().setLevel(level_of(new.log_level))
         self.readiness.stale_after = _stale_after(new)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from agent.config.config import AgentConfig
+from agent.engine.engine import Engine
 from agent.errors import QueueError
-from agent.http.call import Caller
 from agent.jobs.model import Job
 from agent.jobs.results import Result
 from agent.queues.base import Claim, Queue
@@ -86,9 +86,8 @@ class Worker:
 
     def __init__(
         self,
-        config: AgentConfig,
         queue: Queue,
-        caller: Caller,
+        engine: Engine,
         *,
         burst: bool = False,
         on_result: JobHook | None = None,
@@ -97,9 +96,8 @@ class Worker:
         prefetch: int = 0,
     ) -> None:
         """``prefetch``: the backlog to start with; it adapts from there."""
-        self.config = config
         self.queue = queue
-        self.caller = caller
+        self.engine = engine
         self.burst = burst
         self.on_result = on_result
         self.on_claim = on_claim
@@ -122,6 +120,11 @@ class Worker:
         self._recovering = False
         self._idle_noted = -float("inf")  # when the last "queue empty" debug line was written
         self.ready = asyncio.Event()
+
+    @property
+    def config(self) -> AgentConfig:
+        """The configuration in force now (a reload changes it between jobs)."""
+        return self.engine.config
 
     # ------------------------------------------------------------------------------ control
 
@@ -395,7 +398,7 @@ class Worker:
             log.error("%s; it ends as invalid_job", claim.problem)
             result = Result.failed(claim.job.id, "invalid_job", claim.problem)
         else:
-            result = await self.caller.run(claim.job, attempts_before=claim.attempt - 1)
+            result = await self.engine.run(claim.job, attempts_before=claim.attempt - 1)
         self._results.append((claim, result, time.perf_counter() - start))
 
     def _account(self, claim: Claim, result: Result, seconds: float, fenced: bool) -> None:
