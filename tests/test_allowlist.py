@@ -173,14 +173,14 @@ async def test_allowed_destination_is_called(
 async def test_allowed_by_address_then_denied_after_the_list_changes(
     tmp_path: Path, pki: PKI, mtls_server: DemoServer, listener: Listener
 ) -> None:
-    """One engine, reloaded: the resolver reads the list in force, not the one it was built with."""
+    """One engine, reloaded: the next job runs on the new state's list, not the old one."""
     config = profile_config(tmp_path, pki, mtls_server.port, **{PARAMETER: "127.0.0.0/8"})
     engine = Engine(load_config(config))
     try:
         first = await engine.run(rest_job("by-address", "alpha.test", mtls_server.port))
         assert first.state == "processed" and first.status == 200
         narrowed = profile_config(tmp_path, pki, listener.port, **{PARAMETER: "10.0.0.0/8"})
-        engine.reload(load_config(narrowed))
+        engine.swap(load_config(narrowed))
         second = await engine.run(rest_job("narrowed", "alpha.test", listener.port))
         assert second.error is not None and second.error.kind == "destination_denied"
         assert listener.accepted == 0

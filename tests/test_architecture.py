@@ -159,3 +159,53 @@ def test_the_oversize_list_holds_only_what_is_still_over() -> None:
         if not over:
             stale.append(entry)
     assert not stale, f"no longer over the limit, remove from OVERSIZE: {stale}"
+
+
+# The frozen snapshots themselves, and a reload's profiles staged for one configuration.
+HOLDS_CONFIG = {
+    ("engine/state.py", "RuntimeState"),
+    ("tls/identities.py", "Staged"),
+}
+
+
+def _is_config(annotation: ast.expr) -> bool:
+    return ast.unparse(annotation).replace(" ", "") in {"AgentConfig", "AgentConfig|None"}
+
+
+def _config_holders(path: Path) -> Iterator[str]:
+    """Classes of ``path`` that keep an ``AgentConfig``: a field annotated with it, or
+    ``self.x = <a parameter annotated AgentConfig>`` in a method."""
+    for cls in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(cls, ast.ClassDef):
+            continue
+        for node in cls.body:
+            if isinstance(node, ast.AnnAssign) and _is_config(node.annotation):
+                yield cls.name
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = node.args.args + node.args.kwonlyargs
+            typed = {a.arg for a in args if a.annotation and _is_config(a.annotation)}
+            for stmt in ast.walk(node):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else []
+                if isinstance(stmt, ast.AnnAssign):
+                    targets = [stmt.target]
+                value = getattr(stmt, "value", None)
+                stores = any(
+                    isinstance(t, ast.Attribute)
+                    and isinstance(t.value, ast.Name)
+                    and t.value.id == "self"
+                    for t in targets
+                )
+                if stores and isinstance(value, ast.Name) and value.id in typed:
+                    yield cls.name
+
+
+def test_only_the_runtime_state_keeps_the_configuration() -> None:
+    """Components get the state (or the part they need) per job; none keeps a config of its own,
+    so a reload is one swap and no component can run on a stale copy."""
+    holders = {
+        (str(path.relative_to(AGENT)), name) for path in modules() for name in _config_holders(path)
+    }
+    assert holders - HOLDS_CONFIG == set(), (
+        f"classes keeping an AgentConfig: {sorted(holders - HOLDS_CONFIG)}"
+    )

@@ -21,10 +21,9 @@ from agent.credentials.sources import ProfileMaterial
 from agent.credentials.vault import Vault, parse_pki
 from agent.engine.engine import Engine
 from agent.errors import VaultError
-from agent.http.call import Caller
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from agent.tls.identities import Credentials
+from agent.tls.identities import Identities
 from tests.conftest import P12_PASSWORD, PKI, write_config
 from tests.openbao import OpenBao, openbao_fixture, openbao_tls_fixture  # noqa: F401
 
@@ -298,14 +297,14 @@ async def test_vault_down_uses_cached_material_and_fails_without_it(
 @asynccontextmanager
 async def engine(
     tmp: Path, params: dict[str, str], on_renew: Callable[[str, ProfileMaterial], None] | None
-) -> AsyncIterator[tuple[Caller, Credentials, Engine]]:
-    """config.xml → the Engine (vault, credentials, transport, caller) the daemon runs."""
+) -> AsyncIterator[tuple[Engine, Identities]]:
+    """config.xml → the Engine the daemon runs, and its state's identities."""
     config = AgentConfig.from_xml(write_config(tmp, params).read_bytes(), base_dir=tmp)
     eng = Engine(config)
     if on_renew is not None:
         eng.on_vault_renew.append(on_renew)
     try:
-        yield eng.caller, eng.credentials, eng
+        yield eng, eng.state.identities
     finally:
         await eng.close()
 
@@ -339,7 +338,7 @@ async def test_mtls_call_with_a_keystore_from_the_vault(
         f"{V}.address": openbao.address,
         f"{V}.token": openbao.root_token,
     }
-    async with engine(tmp_path, params, None) as (caller, _, _):
+    async with engine(tmp_path, params, None) as (caller, _):
         result = await caller.run(echo_job("vault-kv-1", mtls_server.port, "vaulted"))
         # a job names profiles only: there is no way to hand it a vault path of its own
         stray = await caller.run(echo_job("vault-kv-2", mtls_server.port, "agent/other"))
@@ -375,12 +374,12 @@ async def test_pki_certificate_is_accepted_and_renewed_into_new_connections(
     def on_renew(name: str, material: ProfileMaterial) -> None:
         renewed.put_nowait(material)
 
-    async with engine(tmp_path, params, on_renew) as (caller, credentials, _):
+    async with engine(tmp_path, params, on_renew) as (caller, credentials):
         first = await caller.run(echo_job("vault-pki-1", mtls_server.port, "issued"))
         assert seen_client(first) == "CN=agent-from-vault"
-        old = await credentials.for_profile(credentials.config.profiles["issued"])
+        old = await credentials.for_profile(credentials.profiles["issued"])
         new_material = await renewed.get()
-        new = await credentials.for_profile(credentials.config.profiles["issued"])
+        new = await credentials.for_profile(credentials.profiles["issued"])
         second = await caller.run(echo_job("vault-pki-2", mtls_server.port, "issued"))
     assert seen_client(second) == "CN=agent-from-vault"
     assert old.material.client is not None and new_material.client is not None

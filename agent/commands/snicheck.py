@@ -34,7 +34,7 @@ from agent.tls.context import (
     name_matches,
 )
 from agent.tls.handshake import Handshake, address_of, handshake, pin_of
-from agent.tls.identities import Credentials, Identity
+from agent.tls.identities import Identities, Identity
 
 EXIT_OK, EXIT_PROBLEM, EXIT_UNUSABLE = 0, 1, 2
 
@@ -91,7 +91,7 @@ async def _identity(config: AgentConfig, profile: str | None, scheme: str) -> Id
     """The profile from ``--profile`` or the URL's ``<profile>://`` (without regard to case);
     anything that stops it loading makes the config unusable for this check (exit 2)."""
     name, where = (profile, "--profile") if profile else (scheme, "the URL")
-    credentials = Credentials(config)
+    credentials = Identities(config.profiles)
     if profile is None and scheme.lower() == "https":
         return credentials.default_identity()
     cfg = config.profile(name)

@@ -25,7 +25,7 @@ async def run_validate(config: AgentConfig, *, profile: str | None, as_json: boo
         names = [found.name]
     engine = Engine(config)
     try:
-        reports = await collect_reports(config, engine.credentials, names)
+        reports = await collect_reports(config, engine.state.identities, names)
     finally:
         await engine.close()
     failed = any(r.problems for r in reports)

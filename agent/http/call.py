@@ -12,16 +12,15 @@ import base64
 import functools
 import logging
 import random
-import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from agent.config.config import AgentConfig, ProfileConfig
+from agent.config.config import ProfileConfig
 from agent.errors import AgentError, CallError, JobError, TLSError
-from agent.http.allowlist import AllowList, allow_list
+from agent.http.aiohttp_adapter import answer_started, mark_answered, protocol_of
 from agent.http.classify import (
     NOT_RETRIED,
     Attempt,
@@ -30,20 +29,14 @@ from agent.http.classify import (
     request_error,
     trust_source,
 )
+from agent.http.policy import CallState, Route
 from agent.http.soap import UsernameToken, build_request, parse_response
-from agent.http.transport import (
-    MAX_HEAD_BYTES,
-    Transport,
-    answer_started,
-    head_too_large,
-    mark_answered,
-    proxy_args,
-)
+from agent.http.transport import MAX_HEAD_BYTES, Transport, head_too_large, proxy_args
 from agent.jobs.model import InlineProfile, Job
 from agent.jobs.results import Result, SoapFault, TLSInfo
 from agent.tls.context import choose_sni, is_ip_literal
 from agent.tls.handshake import peer_names
-from agent.tls.identities import Credentials, Identity
+from agent.tls.identities import Identity
 
 log = logging.getLogger("agent.call")
 
@@ -62,24 +55,6 @@ TEXT_TYPES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a job with a given endpoint and SNI setting goes under one identity, and how.
-
-    The same for every job with that endpoint, so it is worked out once per identity
-    (``Identity.routes``) instead of once per job.
-    """
-
-    url: str
-    host: str
-    port: int
-    server_hostname: str | None  # an SNI override to send instead of the URL's host
-    ssl: ssl.SSLContext
-    tls: TLSInfo  # the result's tls block before the handshake adds version, cipher, peer
-    attempt: Attempt
-    cert_hint: str  # a result's hint when the answer is about the client certificate
-
-
 @dataclass(slots=True)
 class Prepared:
     route: Route
@@ -87,9 +62,6 @@ class Prepared:
     headers: dict[str, str]
     body: bytes | None
     identity_key: str
-
-
-ROUTES_PER_IDENTITY = 1024  # endpoints remembered per identity before the cache starts over
 
 
 def _target(endpoint: str, profile_port: int) -> tuple[str, str, int]:
@@ -105,13 +77,13 @@ def _target(endpoint: str, profile_port: int) -> tuple[str, str, int]:
     return urlunsplit(("https", netloc, parts.path or "/", parts.query, "")), host, port
 
 
-def _route(job: Job, identity: Identity, sni_enabled: bool) -> Route:
-    key = (job.endpoint, job.sni, sni_enabled)
-    route: Route | None = identity.routes.get(key)
+def _route(job: Job, identity: Identity, state: CallState) -> Route:
+    key = (identity.key, job.endpoint, job.sni)
+    route = state.routes.get(key)
     if route is not None:
         return route
     url, host, port = _target(job.endpoint, identity.port)
-    choice = choose_sni(host, job=job.sni, profile=identity.sni, global_enabled=sni_enabled)
+    choice = choose_sni(host, job=job.sni, profile=identity.sni, global_enabled=state.sni_enabled)
     profile, inline = identity.profile, identity.key.startswith("inline:")
     trust = trust_source(profile, inline, trusted=identity.material.trust is not None)
     route = Route(
@@ -124,9 +96,7 @@ def _route(job: Job, identity: Identity, sni_enabled: bool) -> Route:
         attempt=Attempt(host, port, choice.send, profile, identity.client_subject, trust),
         cert_hint=client_cert_hint(profile, inline, identity.client_subject),
     )
-    if len(identity.routes) >= ROUTES_PER_IDENTITY:
-        identity.routes.clear()
-    identity.routes[key] = route
+    state.remember(key, route)
     return route
 
 
@@ -137,18 +107,19 @@ def _is_text(content_type: str) -> bool:
 
 
 class Caller:
-    def __init__(self, config: AgentConfig, credentials: Credentials, transport: Transport) -> None:
-        self.config = config
-        self.credentials = credentials
+    """Runs jobs over the transport. It keeps no configuration: each job comes with the call
+    state it runs on, start to end, retries included."""
+
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
 
-    async def run(self, job: Job, attempts_before: int = 0) -> Result:
+    async def run(self, job: Job, state: CallState, attempts_before: int = 0) -> Result:
         """Run the job with its retries; the Result counts every attempt made."""
         start = time.perf_counter()
         attempt = 0
         while True:
             attempt += 1
-            result, retryable = await self._attempt(job)
+            result, retryable = await self._attempt(job, state)
             if not retryable or attempt >= job.max_attempts:
                 break
             await asyncio.sleep(_backoff(attempt))
@@ -156,18 +127,18 @@ class Caller:
         result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
         return result
 
-    async def run_once(self, job: Job) -> Result:
-        return (await self._attempt(job))[0]
+    async def run_once(self, job: Job, state: CallState) -> Result:
+        return (await self._attempt(job, state))[0]
 
-    async def _attempt(self, job: Job) -> tuple[Result, bool]:
+    async def _attempt(self, job: Job, state: CallState) -> tuple[Result, bool]:
         """One attempt: its Result, and whether it may be retried (it failed with a kind of
         ``RETRYABLE`` before any byte of an answer arrived)."""
         start = time.perf_counter()
         prepared: Prepared | None = None
         answered = False
         try:
-            prepared = await self.prepare(job)
-            result = await self._send(job, prepared)
+            prepared = await self.prepare(job, state)
+            result = await self._send(job, prepared, state)
         except AgentError as exc:
             answered = answer_started()  # e.g. response_too_large
             tls = prepared.route.tls if prepared is not None else TLSInfo()  # e.g. denied by name
@@ -179,64 +150,35 @@ class Caller:
                 result = Result.failed(job.id, "connect", f"unexpected failure: {exc!r}")
             else:
                 r = prepared.route
-                err = await self._explained(_classified(exc, r, answered), r)
+                err = await _explained(_classified(exc, r, answered), r, state)
                 result = Result.failed(job.id, err.kind, err.message, tls=r.tls)
         result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
         kind = result.error.kind if result.error else None
         return result, kind in RETRYABLE and not answered
 
-    def check_destination(self, job: Job) -> None:
-        """``agent.outbound.allow``, by name, before anything else happens for the job. The
-        transport's resolver checks the addresses (see ``address_allow_list``)."""
-        if self.config.outbound_allow:
-            allow = allow_list(tuple(self.config.outbound_allow))
-            host = urlsplit(job.endpoint).hostname or ""
-            allow.check_name(host, proxied=self.config.proxy is not None)
-
-    async def prepare(self, job: Job) -> Prepared:
-        self.check_destination(job)
-        identity = await self.credentials.for_job(job)
+    async def prepare(self, job: Job, state: CallState) -> Prepared:
+        _check_destination(job, state)
+        identity = await state.identities.for_job(job)
         try:
-            route = _route(job, identity, self.config.sni_enabled)
+            route = _route(job, identity, state)
         except ValueError as exc:  # e.g. a port out of range
             raise JobError("endpoint", f"not a usable URL: {exc}") from None
         headers = dict(job.headers)
         body = job.body
         if job.topic == "SOAPProbe":
-            body, headers = _soap_request(job, headers, self._username_token(job, identity))
+            body, headers = _soap_request(job, headers, _username_token(job, identity, state))
         elif not any(k.lower() == "idempotency-key" for k in headers):
             headers["Idempotency-Key"] = job.id
         return Prepared(route, job.method, headers, body, identity.key)
 
-    def _username_token(self, job: Job, identity: Identity) -> UsernameToken | None:
-        """WS-Security credentials of the job's inline record or its protocol profile."""
-        source: InlineProfile | ProfileConfig | None = job.inline_profile
-        if source is None and identity.profile is not None:
-            source = self.config.profiles.get(identity.profile)
-        if source is None or not source.wss_username or source.wss_password is None:
-            return None
-        return UsernameToken(source.wss_username, source.wss_password, source.wss_password_type)
-
-    async def _explained(self, err: AgentError, r: Route) -> AgentError:
-        """A hostname mismatch found by OpenSSL does not say what the certificate is for: look.
-
-        One extra handshake, only on this failure, presenting no client certificate.
-        """
-        if err.kind != "hostname_mismatch" or "names:" in err.message or self.config.proxy:
-            return err
-        names = await peer_names(r.host, r.port, r.attempt.sni, self.config.resolve)
-        if names is None:
-            return err
-        return TLSError(err.kind, f"{err.message} (the certificate is for: {names or 'no names'})")
-
-    async def _send(self, job: Job, p: Prepared) -> Result:
+    async def _send(self, job: Job, p: Prepared, state: CallState) -> Result:
         """One request. The job's timeout is aiohttp's total timeout: it covers connecting,
         the handshake, the request and reading the whole answer."""
         r = p.route
-        kwargs = proxy_args(self.config.proxy)
+        kwargs = proxy_args(state.proxy)
         if r.server_hostname:
             kwargs["server_hostname"] = r.server_hostname
-        entry = self.transport.acquire(p.identity_key)
+        entry = self.transport.acquire(p.identity_key, state.network)
         try:
             async with entry.session.request(
                 p.method,
@@ -249,14 +191,14 @@ class Caller:
                 **kwargs,
             ) as resp:
                 try:
-                    return await self._answer(job, r, resp)
+                    return await self._answer(job, r, resp, state.max_response_bytes)
                 except BaseException:
                     mark_answered()  # the head had come: whatever failed, do not retry
                     raise
         finally:
             self.transport.release(entry)
 
-    async def _answer(self, job: Job, r: Route, resp: aiohttp.ClientResponse) -> Result:
+    async def _answer(self, job: Job, r: Route, resp: aiohttp.ClientResponse, limit: int) -> Result:
         """The Result of an answer whose head came: read its bounded body."""
         if head_too_large(resp.raw_headers):
             resp.close()
@@ -265,8 +207,8 @@ class Caller:
                 f"{r.host}:{r.port} answered with more than {MAX_HEAD_BYTES} bytes of headers, "
                 f"the agent's bound; {NOT_RETRIED}",
             )
-        tls = self.transport.observe(_protocol_of(resp), r.tls)
-        data = await _read_bounded(resp, self.config.max_response_bytes, r.host)
+        tls = self.transport.observe(protocol_of(resp), r.tls)
+        data = await _read_bounded(resp, limit, r.host)
         headers = {str(k): v for k, v in resp.headers.items()}  # plain keys, not istr
         fault = _soap_fault(job, data, r.host) if job.topic == "SOAPProbe" else None
         text = _as_text(data, resp.headers.get("Content-Type", ""), resp.charset)
@@ -282,6 +224,37 @@ class Caller:
             tls=tls,
             hint=_cert_page_hint(status, data, r) if status in CERT_STATUSES else None,
         )
+
+
+def _check_destination(job: Job, state: CallState) -> None:
+    """``agent.outbound.allow``, by name, before anything else happens for the job. The
+    transport's resolver checks the addresses (``CallState.network``)."""
+    if state.name_allow is not None:
+        host = urlsplit(job.endpoint).hostname or ""
+        state.name_allow.check_name(host, proxied=state.proxy is not None)
+
+
+def _username_token(job: Job, identity: Identity, state: CallState) -> UsernameToken | None:
+    """WS-Security credentials of the job's inline record or its protocol profile."""
+    source: InlineProfile | ProfileConfig | None = job.inline_profile
+    if source is None and identity.profile is not None:
+        source = state.identities.profiles.get(identity.profile)
+    if source is None or not source.wss_username or source.wss_password is None:
+        return None
+    return UsernameToken(source.wss_username, source.wss_password, source.wss_password_type)
+
+
+async def _explained(err: AgentError, r: Route, state: CallState) -> AgentError:
+    """A hostname mismatch found by OpenSSL does not say what the certificate is for: look.
+
+    One extra handshake, only on this failure, presenting no client certificate.
+    """
+    if err.kind != "hostname_mismatch" or "names:" in err.message or state.proxy:
+        return err
+    names = await peer_names(r.host, r.port, r.attempt.sni, state.resolve)
+    if names is None:
+        return err
+    return TLSError(err.kind, f"{err.message} (the certificate is for: {names or 'no names'})")
 
 
 @functools.lru_cache(maxsize=64)
@@ -348,22 +321,6 @@ def _as_text(data: bytes, content_type: str, charset: str | None) -> str | None:
         return data.decode(charset or "utf-8")
     except (UnicodeDecodeError, LookupError):
         return None
-
-
-def address_allow_list(config: AgentConfig) -> AllowList | None:
-    """The list whose networks bound the addresses connected to; None when there is nothing to
-    check or a proxy resolves the names (then only the name check applies)."""
-    if not config.outbound_allow or config.proxy is not None:
-        return None
-    allow = allow_list(tuple(config.outbound_allow))
-    return allow if allow.networks else None
-
-
-def _protocol_of(resp: aiohttp.ClientResponse) -> object | None:
-    """The connection's protocol object. A short answer may already be read and its connection
-    back in the pool: the protocol (kept by the response) still holds the TLS transport."""
-    conn = resp.connection
-    return conn.protocol if conn is not None else getattr(resp, "_protocol", None)
 
 
 def _soap_request(

@@ -17,7 +17,6 @@ task (``answer_started``), and is never turned into one of aiohttp's own silent 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import socket
@@ -26,16 +25,15 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import replace
-from typing import Any, cast
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.connector import Connection
 from cryptography import x509
 
+from agent.http.aiohttp_adapter import WatchedConnector, WatchedResponse
 from agent.http.allowlist import AllowList
 from agent.jobs.results import TLSInfo
 
@@ -56,77 +54,12 @@ MAX_HEAD_BYTES = 256 * 1024
 # Up to this many headers cannot exceed MAX_HEAD_BYTES, so their total is not counted.
 _HEADERS_WITHIN = MAX_HEAD_BYTES // (2 * MAX_FIELD)
 
-_ANSWERED: contextvars.ContextVar[bool] = contextvars.ContextVar("answered", default=False)
-
-
-def answer_started() -> bool:
-    """Whether the calling task's request that just failed had started to get its answer.
-    Reading clears it, for the next attempt."""
-    if _ANSWERED.get():
-        _ANSWERED.set(False)
-        return True
-    return False
-
-
-def mark_answered() -> None:
-    """The calling task's request failed after its answer had started (e.g. reading the body)."""
-    _ANSWERED.set(True)
-
 
 def head_too_large(raw_headers: tuple[tuple[bytes, bytes], ...]) -> bool:
     """More header bytes than MAX_HEAD_BYTES (only counted when there are enough headers)."""
     if len(raw_headers) <= _HEADERS_WITHIN:
         return False
     return sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEAD_BYTES
-
-
-class AnswerCutOff(aiohttp.ClientPayloadError):
-    """The connection ended, or failed, after the answer had started. Not a disconnect that
-    aiohttp retries on its own: the request may have had effects."""
-
-
-class _WatchedHandler(ResponseHandler):
-    """aiohttp's protocol, noting that a byte of an answer arrived."""
-
-    answered = False
-
-    def data_received(self, data: bytes) -> None:
-        self.answered = True
-        super().data_received(data)
-
-
-class _Connector(aiohttp.TCPConnector):
-    """Connections whose protocol is a ``_WatchedHandler``, cleared for each request."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # aiohttp has no public hook for the protocol class; its connectors all build it here.
-        watched = functools.partial(_WatchedHandler, loop=self._loop)
-        self._factory = cast("functools.partial[ResponseHandler]", watched)
-
-    async def connect(
-        self, req: ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
-    ) -> Connection:
-        conn = await super().connect(req, traces, timeout)
-        if isinstance(proto := conn.protocol, _WatchedHandler):
-            proto.answered = False
-        return conn
-
-
-class _Response(aiohttp.ClientResponse):
-    """Reading the status line and headers: a failure after the answer had started marks the
-    task, and a disconnect then is not left for aiohttp to retry."""
-
-    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
-        proto = connection.protocol
-        try:
-            return await super().start(connection)
-        except BaseException as exc:
-            if isinstance(proto, _WatchedHandler) and proto.answered:
-                _ANSWERED.set(True)
-                if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
-                    raise AnswerCutOff(f"connection lost during the answer: {exc!r}") from exc
-            raise
 
 
 class StaticResolver(AbstractResolver):
@@ -162,12 +95,11 @@ class AllowingResolver(AbstractResolver):
     """``agent.outbound.allow`` step 2: only addresses inside its networks are connected to.
 
     Wraps the resolver of every connection, so the check applies to the address actually used
-    (``agent.resolve`` entries too). ``allow()`` is read on every lookup: a reload takes effect
-    without new sessions. Raises ``DestinationDenied`` (not an ``OSError``: aiohttp lets it
-    through unchanged, and no connection is attempted).
+    (``agent.resolve`` entries too). Raises ``DestinationDenied`` (not an ``OSError``: aiohttp
+    lets it through unchanged, and no connection is attempted).
     """
 
-    def __init__(self, inner: AbstractResolver, allow: Callable[[], AllowList | None]) -> None:
+    def __init__(self, inner: AbstractResolver, allow: AllowList | None) -> None:
         self.inner = inner
         self.allow = allow
 
@@ -175,7 +107,7 @@ class AllowingResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self.inner.resolve(host, port, family)
-        allow = self.allow()
+        allow = self.allow
         if allow is None or not allow.networks:
             return results
         kept = set(allow.check_addresses(host, [r["host"] for r in results]))
@@ -185,28 +117,37 @@ class AllowingResolver(AbstractResolver):
         await self.inner.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Where a state's connections may go and how names resolve: ``agent.resolve`` and the
+    allow-list whose networks bound the addresses (None: no address check, none set or a proxy
+    resolves the names)."""
+
+    resolve: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    allow: AllowList | None = None
+
+
 class _Entry:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, network: Network) -> None:
         self.session = session
+        self.network = network
         self.in_flight = 0
         self.retired = False
 
 
 class Transport:
-    """Sessions keyed by identity; ``retire(key)`` stops handing one out and closes it when idle."""
+    """Sessions keyed by identity; ``retire(key)`` stops handing one out and closes it when idle.
 
-    def __init__(self, resolve: Mapping[str, str] | None = None) -> None:
-        self.resolve = dict(resolve or {})
+    It keeps no configuration: each ``acquire`` names the network its session must use, and a
+    session built for another network is never handed out for it.
+    """
+
+    def __init__(self) -> None:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self.max_sessions = MAX_SESSIONS
         self._closing: set[asyncio.Task[None]] = set()
-        self.allow: AllowList | None = None  # None: no address check (none set, or a proxy)
         self.on_connection: list[Callable[[bool], None]] = []  # called with new=True/False
         self._seen: weakref.WeakKeyDictionary[object, TLSInfo] = weakref.WeakKeyDictionary()
-
-    def set_allow(self, allow: AllowList | None) -> None:
-        """The allow-list whose networks bound the addresses connected to (None: no check)."""
-        self.allow = allow
 
     def observe(self, protocol: object | None, base: TLSInfo) -> TLSInfo:
         """The result's tls block for a request that went out on ``protocol``'s connection,
@@ -237,10 +178,10 @@ class Transport:
             except Exception:  # noqa: BLE001 - a metrics listener must not fail a call
                 log.exception("connection listener failed")
 
-    def _new_session(self) -> aiohttp.ClientSession:
-        connector = _Connector(
+    def _new_session(self, network: Network) -> aiohttp.ClientSession:
+        connector = WatchedConnector(
             limit=0,
-            resolver=AllowingResolver(StaticResolver(self.resolve), lambda: self.allow),
+            resolver=AllowingResolver(StaticResolver(network.resolve), network.allow),
             ttl_dns_cache=10,
             enable_cleanup_closed=False,
             keepalive_timeout=30,
@@ -251,18 +192,21 @@ class Transport:
             trust_env=False,
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "mtls-forwarding-agent"},
-            response_class=_Response,
+            response_class=WatchedResponse,
             max_line_size=MAX_STATUS_LINE,
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,
         )
 
-    def acquire(self, key: str) -> _Entry:
-        """The session for ``key``, counted in use until ``release``: a retired one is closed
-        only after its last request."""
+    def acquire(self, key: str, network: Network) -> _Entry:
+        """The session for ``key`` on ``network``, counted in use until ``release``: a retired
+        one is closed only after its last request."""
         entry = self._entries.get(key)
+        if entry is not None and entry.network is not network:
+            self.retire(key)  # built under another state's network: never reused for this one
+            entry = None
         if entry is None or entry.retired:
-            entry = _Entry(self._new_session())
+            entry = _Entry(self._new_session(network), network)
             self._entries[key] = entry
             if len(self._entries) > self.max_sessions:
                 self._evict_idle()
@@ -277,8 +221,10 @@ class Transport:
             self._close_later(entry)
 
     @asynccontextmanager
-    async def session(self, key: str) -> AsyncIterator[aiohttp.ClientSession]:
-        entry = self.acquire(key)
+    async def session(
+        self, key: str, network: Network | None = None
+    ) -> AsyncIterator[aiohttp.ClientSession]:
+        entry = self.acquire(key, network or _DIRECT)
         try:
             yield entry.session
         finally:
@@ -319,10 +265,8 @@ class Transport:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
-    def set_resolve(self, resolve: Mapping[str, str]) -> None:
-        if dict(resolve) != self.resolve:
-            self.resolve = dict(resolve)
-            self.retire_all()
+
+_DIRECT = Network()
 
 
 def tls_details(protocol: object | None, base: TLSInfo) -> TLSInfo:

@@ -47,7 +47,6 @@ class Daemon:
         loader: Callable[[Path], AgentConfig] = load_secure_config,
         metrics: Metrics | None = None,
     ) -> None:
-        self.config = config
         self.config_path = config_path
         self.burst = burst
         self.loader = loader
@@ -59,6 +58,11 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
         self._wire_operations(metrics)
+
+    @property
+    def config(self) -> AgentConfig:
+        """The configuration in force (the engine's state holds it)."""
+        return self.engine.config
 
     async def run(self) -> int:
         self.queue = open_queue(self.config)
@@ -113,8 +117,9 @@ class Daemon:
                 await asyncio.wait_for(self._check_now.wait(), CERT_CHECK_INTERVAL)
 
     async def check_certificates(self) -> list[ProfileReport]:
-        config = self.config
-        reports = await collect_reports(config, self.engine.credentials, sorted(config.profiles))
+        state = self.engine.state
+        names = sorted(state.config.profiles)
+        reports = await collect_reports(state.config, state.identities, names)
         for report in reports:
             for problem in report.problems:
                 log.error("profile %s: %s", report.name, problem)
@@ -250,8 +255,7 @@ class Daemon:
         return new, staged
 
     def _apply(self, new: AgentConfig, staged: Staged) -> None:
-        self.config = new
-        self.engine.reload(new, staged)
+        self.engine.swap(new, staged)
         if self.worker is not None:
             self.worker.wake()
         logging.getLogger().setLevel(level_of(new.log_level))

@@ -16,10 +16,10 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
 
 from agent.config.config import AgentConfig, ProfileConfig
 from agent.credentials.sources import ProfileMaterial, load_file_profile, load_inline
@@ -51,8 +51,6 @@ class Identity:
     sni: SNI = None
     port: int = 443
     _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
-    # endpoint and SNI setting → where and how such a job goes (``agent.call.Route``)
-    routes: dict[tuple[object, ...], Any] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
     def validity(self) -> tuple[float, float] | None:
@@ -97,29 +95,44 @@ class _Cached:
     checked: float
 
 
-class Credentials:
-    """Finds the identity for a job; caches material so it is loaded once, not per job."""
+class Identities:
+    """The identities of one runtime state: finds a job's, loading material once, not per job.
 
-    def __init__(self, config: AgentConfig, vault_loader: VaultLoader | None = None) -> None:
-        self.config = config
+    Built by the engine's assembly from a configuration's profiles; a reload builds a new one
+    beside it (``stage`` loads its file-based profiles first), so nothing here is ever reloaded:
+    only a changed keystore file or a renewed vault certificate replaces one profile's identity.
+    """
+
+    def __init__(
+        self,
+        profiles: Mapping[str, ProfileConfig],
+        *,
+        vault_loader: VaultLoader | None = None,
+        on_rotate: Callable[[str], None] | None = None,
+        staged: Staged | None = None,
+    ) -> None:
+        """``on_rotate`` is told the key of an identity no new job will use (its connections
+        can close); ``staged``: these profiles' material, already loaded (``stage``)."""
+        self.profiles = MappingProxyType(dict(profiles))
         self.vault_loader = vault_loader
+        self.on_rotate = on_rotate
         self._generation = next(_GENERATIONS)
-        self._profiles: dict[str, _Cached] = {}
+        self._profiles: dict[str, _Cached] = dict(staged.loaded) if staged is not None else {}
         self._inline: OrderedDict[str, Identity] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._default: Identity | None = None
-        self.on_rotate: list[Callable[[str], None]] = []
 
-    def reload(self, config: AgentConfig, staged: Staged | None = None) -> None:
-        """Take a new configuration: the profiles ``staged`` loaded for it are in force at once,
-        the others are loaded afresh on next use."""
-        self.config = config
-        self._generation = next(_GENERATIONS)
-        self._profiles.clear()
-        self._inline.clear()
-        self._default = None
-        if staged is not None and staged.config is config:
-            self._profiles.update(staged.loaded)
+    def profile(self, name: str) -> ProfileConfig | None:
+        """The protocol profile called ``name``, matched without regard to case."""
+        found = self.profiles.get(name)
+        if found is not None:
+            return found
+        folded = name.casefold()
+        return next((p for n, p in self.profiles.items() if n.casefold() == folded), None)
+
+    def _rotated(self, key: str) -> None:
+        if self.on_rotate is not None:
+            self.on_rotate(key)
 
     def profile_for(self, job: Job) -> ProfileConfig | None:
         """The job's profile; names (``protocol_profile`` or a ``<profile>://`` endpoint) are
@@ -128,13 +141,13 @@ class Credentials:
         name, field = job.protocol_profile, "protocol_profile"
         if scheme.lower() != "https":
             if name and name.casefold() != scheme.casefold():
-                raise UnknownProfileError(name, list(self.config.profiles))
+                raise UnknownProfileError(name, list(self.profiles))
             name, field = scheme, ("protocol_profile" if name else "endpoint")
         if name is None:
             return None
-        profile = self.config.profile(name)
+        profile = self.profile(name)
         if profile is None:
-            raise UnknownProfileError(name, list(self.config.profiles), field=field)
+            raise UnknownProfileError(name, list(self.profiles), field=field)
         return profile
 
     async def for_job(self, job: Job) -> Identity:
@@ -182,13 +195,12 @@ class Credentials:
             self._profiles[profile.name] = _Cached(identity, mtimes, time.monotonic())
             if cached is not None:
                 log.info("profile %s: key material changed; new connections use it", profile.name)
-                for callback in self.on_rotate:
-                    callback(cached.identity.key)
+                self._rotated(cached.identity.key)
             return identity
 
     def replace_profile(self, name: str, material: ProfileMaterial) -> None:
         """Swap in rotated material (a renewed vault certificate) for new connections."""
-        profile = self.config.profiles[name]
+        profile = self.profiles[name]
         old = self._profiles.get(name)
         self._generation = next(_GENERATIONS)
         identity = Identity(
@@ -196,8 +208,7 @@ class Credentials:
         )
         self._profiles[name] = _Cached(identity, (), time.monotonic())
         if old is not None:
-            for callback in self.on_rotate:
-                callback(old.identity.key)
+            self._rotated(old.identity.key)
 
     async def _changed(self, profile: ProfileConfig, cached: _Cached) -> bool:
         now = time.monotonic()
@@ -236,9 +247,8 @@ class Credentials:
         await asyncio.to_thread(identity.context, True)
         self._inline[digest] = identity
         while len(self._inline) > INLINE_CACHE_SIZE:
-            old_key, old = self._inline.popitem(last=False)
-            for callback in self.on_rotate:
-                callback(old.key)
+            _, old = self._inline.popitem(last=False)
+            self._rotated(old.key)
         return identity
 
 
@@ -247,7 +257,7 @@ class Staged:
     """A configuration's file-based profiles, loaded beside the running ones (``stage``)."""
 
     config: AgentConfig
-    loaded: dict[str, _Cached]
+    loaded: Mapping[str, _Cached]
     problems: dict[str, str]  # profile → why its material did not load
     vault_profiles: tuple[str, ...]  # material in the vault: checked in the config only
 
@@ -259,7 +269,7 @@ async def stage(config: AgentConfig) -> Staged:
     Vault profiles are not fetched: the vault may be slow or briefly away, and a reload must not
     wait on it; their material is loaded on first use, as at start.
     """
-    side = Credentials(config)
+    side = Identities(config.profiles)
     problems: dict[str, str] = {}
     vault: list[str] = []
     for name in sorted(config.profiles):
@@ -273,7 +283,7 @@ async def stage(config: AgentConfig) -> Staged:
             problems[name] = _naming(name, str(exc))
         except Exception as exc:  # noqa: BLE001 - whatever breaks the load refuses the reload
             problems[name] = _naming(name, f"cannot be loaded ({exc.__class__.__name__}: {exc})")
-    return Staged(config, dict(side._profiles), problems, tuple(vault))
+    return Staged(config, MappingProxyType(dict(side._profiles)), problems, tuple(vault))
 
 
 def _naming(profile: str, message: str) -> str:

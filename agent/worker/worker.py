@@ -124,7 +124,7 @@ class Worker:
     @property
     def config(self) -> AgentConfig:
         """The configuration in force now (a reload changes it between jobs)."""
-        return self.engine.config
+        return self.engine.state.config
 
     # ------------------------------------------------------------------------------ control
 
