@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -57,18 +58,23 @@ async def cut_port() -> AsyncIterator[int]:
 
 
 def session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=WatchedConnector(), response_class=WatchedResponse)
+    return aiohttp.ClientSession(
+        connector=WatchedConnector(max_idle=100), response_class=WatchedResponse
+    )
 
 
 async def test_connectors_build_their_protocol_from_a_factory_the_adapter_can_replace() -> None:
     plain = aiohttp.TCPConnector()
-    watched = WatchedConnector()
+    watched = WatchedConnector(max_idle=100)
     try:
         factory = plain._factory
         assert isinstance(factory, functools.partial) and factory.func is ResponseHandler
         assert plain._loop is asyncio.get_running_loop()
         assert watched._factory.func is WatchedHandler
         assert "data_received" in vars(ResponseHandler)  # the method the handler extends
+        params = inspect.signature(aiohttp.BaseConnector._release).parameters
+        assert list(params) == ["self", "key", "protocol", "should_close"]
+        assert params["should_close"].kind is inspect.Parameter.KEYWORD_ONLY
     finally:
         await plain.close()
         await watched.close()
@@ -82,6 +88,11 @@ async def test_a_read_answer_still_names_its_protocol_through_the_response(web_p
         assert isinstance(proto, WatchedHandler) and proto.answered
         assert proto is resp._protocol
         assert proto.transport is not None
+        connector = client.connector
+        assert isinstance(connector, WatchedConnector)
+        pooled = connector._conns  # the idle connections, by pool key, that the bound counts
+        assert [list(conns) for conns in pooled.values()][0][0][0] is proto
+        assert connector.idle_count() == 1
 
 
 async def test_an_answer_cut_after_its_first_byte_marks_the_task(cut_port: int) -> None:

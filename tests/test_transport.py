@@ -1,42 +1,136 @@
-"""Session bookkeeping of the transport: bounded idle sessions, nothing in use is closed."""
+"""The transport's pool: shared by identities without mixing them, bounded in idle connections,
+one session per runtime state's network."""
 
 from __future__ import annotations
 
-from agent.http.transport import Transport
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent.commands.demo.demoserver import DemoServer
+from agent.config.config import load_config
+from agent.engine.engine import Engine
+from agent.http.transport import Network, Transport
+from agent.jobs.model import Job
+from tests.conftest import PKI, profile_config
 
 
-async def test_least_recently_used_idle_sessions_are_closed_over_the_bound() -> None:
-    transport = Transport()
-    transport.max_sessions = 2
+@pytest.fixture
+async def ports() -> AsyncIterator[list[int]]:
+    """Three plain HTTP servers on 127.0.0.1: three pool keys."""
+
+    async def hello(_: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    runners = []
+    found = []
+    for _ in range(3):
+        app = web.Application()
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        found.append(server.sockets[0].getsockname()[1])
+        runners.append(runner)
+    yield found
+    for runner in runners:
+        await runner.cleanup()
+
+
+def job(job_id: str, port: int, profile: str) -> Job:
+    return Job.from_dict(
+        {
+            "id": job_id,
+            "topic": "RESTProbe",
+            "endpoint": f"https://alpha.test:{port}/echo",
+            "protocol_profile": profile,
+        }
+    )
+
+
+async def test_identities_share_the_pool_but_never_a_connection(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    engine = Engine(load_config(profile_config(tmp_path, pki, mtls_server.port), env={}))
+    connections: list[bool] = []
+    engine.transport.on_connection.append(connections.append)
     try:
-        async with transport.session("a") as first:
-            pass
-        async with transport.session("b"):
-            pass
-        async with transport.session("a") as again:  # a is used again: b is now the oldest
-            assert again is first
-        async with transport.session("c"):
-            pass
-        assert transport.identities == ["a", "c"]
-        assert not first.closed
-        async with transport.session("b") as b:  # back, with a new session
-            assert transport.identities == ["c", "b"]
-        await transport.close()
-        assert first.closed and b.closed
+        for i in range(3):
+            for profile in ("partner", "two"):
+                result = await engine.run(job(f"{profile}-{i}", mtls_server.port, profile))
+                assert result.state == "processed" and result.tls is not None
+                expected = "client-one" if profile == "partner" else "client-two"
+                assert result.tls.client_certificate is not None
+                assert expected in result.tls.client_certificate
+        seen = [r["client"] for r in mtls_server.requests]
+        assert seen == [s for _ in range(3) for s in (seen[0], seen[1])]
+        assert "client-one" in seen[0] and "client-two" in seen[1]
+        assert connections == [True, True, False, False, False, False]  # one handshake each
+    finally:
+        await engine.close()
+
+
+async def test_idle_connections_over_the_bound_close_least_recently_used_first(
+    ports: list[int],
+) -> None:
+    transport = Transport(max_idle=2)
+    network = Network()
+    transport.use(network)
+    try:
+        async with transport.session(network) as session:
+            for port in ports:  # three keys: the third release is over the bound
+                async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                    assert await resp.text() == "hello"
+            assert transport.idle_connections == 1  # trimmed to half the bound
+            connector = session.connector
+            assert connector is not None
+            kept = [key.port for key in connector._conns]
+            assert kept == [ports[-1]]  # the most recently used stays
     finally:
         await transport.close()
 
 
-async def test_a_session_in_use_is_never_evicted() -> None:
+async def test_a_session_of_an_earlier_state_closes_after_its_last_request(
+    ports: list[int],
+) -> None:
     transport = Transport()
-    transport.max_sessions = 1
+    old, new = Network(), Network()
+    transport.use(old)
     try:
-        async with transport.session("busy") as busy:
-            async with transport.session("other"):
-                pass
-            assert "busy" in transport.identities and not busy.closed
-            async with transport.session("third"):
-                pass
-            assert "busy" in transport.identities and not busy.closed
+        async with transport.session(old) as before:
+            transport.use(new)  # a reload while a job of the old state runs
+            async with before.get(f"http://127.0.0.1:{ports[0]}/") as resp:
+                assert resp.status == 200  # still usable by the job that holds it
+            assert not before.closed
+        async with transport.session(new) as after:
+            assert after is not before
+        await asyncio.gather(*transport._closing)
+        assert before.closed and not after.closed
     finally:
         await transport.close()
+    assert after.closed
+
+
+async def test_rotated_material_closes_its_idle_connections_and_the_next_job_reconnects(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    engine = Engine(load_config(profile_config(tmp_path, pki, mtls_server.port), env={}))
+    connections: list[bool] = []
+    engine.transport.on_connection.append(connections.append)
+    try:
+        await engine.run(job("first", mtls_server.port, "partner"))
+        assert engine.transport.idle_connections == 1
+        identities = engine.state.identities
+        old = await identities.for_profile(identities.profiles["partner"])
+        identities.replace_profile("partner", old.material)  # as a renewed certificate does
+        assert engine.transport.idle_connections == 0
+        await engine.run(job("second", mtls_server.port, "partner"))
+        assert connections == [True, True]
+    finally:
+        await engine.close()

@@ -22,7 +22,7 @@ from agent.http.call import Caller
 from agent.http.transport import Transport
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from agent.tls.identities import Staged
+from agent.tls.identities import Identity, Staged
 
 if TYPE_CHECKING:
     from agent.credentials.vault import Vault
@@ -42,6 +42,7 @@ class Engine:
         self.on_vault_error: list[Callable[[], None]] = []
         self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
         self._state = self._assemble(config, None)
+        self.transport.use(self._state.call.network)
 
     @property
     def state(self) -> RuntimeState:
@@ -62,7 +63,7 @@ class Engine:
         then replaces the old in one assignment. ``staged``: its profiles already loaded."""
         new = self._assemble(config, staged)
         old, self._state = self._state, new
-        self.transport.retire_all()  # running jobs keep theirs until they finish
+        self.transport.use(new.call.network)  # running jobs keep theirs until they finish
         if self.vault is not None and config.vault != old.config.vault:
             vault, self.vault = self.vault, None  # the next load logs in to the new one
             task = asyncio.get_running_loop().create_task(vault.close())
@@ -74,9 +75,10 @@ class Engine:
         async def vault_load(profile: ProfileConfig) -> ProfileMaterial:
             return await self._vault_load(config.vault, profile)
 
-        return assemble(
-            config, staged=staged, vault_loader=vault_load, on_rotate=self.transport.retire
-        )
+        return assemble(config, staged=staged, vault_loader=vault_load, on_rotate=self._rotated)
+
+    def _rotated(self, identity: Identity) -> None:
+        self.transport.forget(identity.contexts())
 
     @property
     def uses_vault(self) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from agent.config.config import AgentConfig
 from agent.http.policy import CallState, call_state
-from agent.tls.identities import Identities, Staged, VaultLoader
+from agent.tls.identities import Identities, Identity, Staged, VaultLoader
 
 _STATES = itertools.count(1)
 
@@ -36,11 +36,11 @@ def assemble(
     *,
     staged: Staged | None = None,
     vault_loader: VaultLoader | None = None,
-    on_rotate: Callable[[str], None] | None = None,
+    on_rotate: Callable[[Identity], None] | None = None,
 ) -> RuntimeState:
     """The runtime state for ``config``. ``staged``: its file-based profiles already loaded
-    (``stage``), in force at once; other profiles load on first use. ``on_rotate`` is told the
-    key of an identity no new job will use, so its connections can close."""
+    (``stage``), in force at once; other profiles load on first use. ``on_rotate`` is told of
+    an identity no new job will use, so its connections can close."""
     if staged is not None and staged.config is not config:
         raise ValueError("the staged profiles were loaded for another configuration")
     identities = Identities(

@@ -4,6 +4,9 @@ tests/test_aiohttp_adapter.py fails if an aiohttp release moves one.
 - ``TCPConnector._factory`` (and ``_loop``): aiohttp has no public hook for the protocol class;
   every connector builds its connections' protocol from it. The agent's protocol notes that a
   byte of an answer arrived, which decides whether a failed call may be retried.
+- ``BaseConnector._conns`` and ``_release``: the idle connections by pool key (a deque of
+  protocol and time of last use per key), which aiohttp bounds in time only; the agent also bounds
+  their number, and closes an identity's idle connections when its material rotates.
 - ``ClientResponse._protocol``: a short answer may be read whole and its connection back in the
   pool before the caller looks; the response still holds the protocol, and through it the TLS
   transport whose handshake the result reports.
@@ -13,11 +16,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import ssl
+from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.client_reqrep import ClientRequest
+from aiohttp.client_reqrep import ClientRequest, ConnectionKey
 from aiohttp.connector import Connection
 
 _ANSWERED: contextvars.ContextVar[bool] = contextvars.ContextVar("answered", default=False)
@@ -53,13 +59,57 @@ class WatchedHandler(ResponseHandler):
 
 
 class WatchedConnector(aiohttp.TCPConnector):
-    """Connections whose protocol is a ``WatchedHandler``, cleared for each request."""
+    """Connections whose protocol is a ``WatchedHandler``, cleared for each request; at most
+    ``max_idle`` idle connections over all pool keys."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, max_idle: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # aiohttp has no public hook for the protocol class; its connectors all build it here.
         watched = functools.partial(WatchedHandler, loop=self._loop)
         self._factory = cast("functools.partial[ResponseHandler]", watched)
+        self.max_idle = max_idle
+        self._idle = 0  # an upper bound: a connection taken from the pool is not subtracted
+
+    def _release(
+        self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
+    ) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        self._idle += 1
+        if self._idle > self.max_idle:
+            self._idle = self.idle_count()  # the true count, now and then
+            if self._idle > self.max_idle:
+                self._close_oldest(self._idle - self.max_idle // 2)
+
+    def idle_count(self) -> int:
+        return sum(len(conns) for conns in self._conns.values())
+
+    def _close_oldest(self, count: int) -> None:
+        """Close the ``count`` idle connections used least recently (down to half the bound,
+        so the count is not taken again on every release)."""
+        idle = sorted(
+            (used, id(proto), key, proto)
+            for key, conns in self._conns.items()
+            for proto, used in conns
+        )
+        doomed = {id(proto) for _, _, _, proto in idle[:count]}
+        self._drop(lambda key, proto: id(proto) in doomed)
+
+    def close_idle(self, contexts: set[ssl.SSLContext]) -> None:
+        """Close the idle connections made with any of ``contexts``."""
+        self._drop(lambda key, proto: key.ssl in contexts)
+
+    def _drop(self, doomed: Callable[[ConnectionKey, ResponseHandler], bool]) -> None:
+        for key in list(self._conns):
+            conns = self._conns[key]
+            kept = deque((p, t) for p, t in conns if not doomed(key, p))
+            for proto, _ in conns:
+                if doomed(key, proto):
+                    proto.close()
+            if kept:
+                self._conns[key] = kept
+            else:
+                del self._conns[key]
+        self._idle = self.idle_count()
 
     async def connect(
         self, req: ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout

@@ -178,7 +178,7 @@ class Caller:
         kwargs = proxy_args(state.proxy)
         if r.server_hostname:
             kwargs["server_hostname"] = r.server_hostname
-        entry = self.transport.acquire(p.identity_key, state.network)
+        entry = self.transport.acquire(state.network)
         try:
             async with entry.session.request(
                 p.method,

@@ -1,11 +1,12 @@
-"""HTTP transport: one aiohttp session per credential identity, a resolver honouring
-``agent.resolve``, retirement of sessions whose material was rotated, bounds on an answer's head,
-and a watch on whether a failed request's answer had started.
+"""HTTP transport: one pooled aiohttp session per runtime state, a resolver honouring
+``agent.resolve`` and the allow-list, bounds on idle connections and on an answer's head, and a
+watch on whether a failed request's answer had started.
 
-Keeping a connector per identity means a kept-alive connection opened with one client
-certificate and trust store can only ever serve jobs of that identity (the pool key inside a
-connector also holds the SSL context and the SNI name, so SNI variants stay apart too). A retired
-identity's session is never handed out again and is closed once its last request finishes.
+The pool is shared by every identity, and safe to share: aiohttp's pool key holds the SSL
+context and the SNI name, and each identity has contexts of its own, so a kept-alive connection
+opened with one client certificate and trust store only ever serves jobs of that identity (and
+SNI variants stay apart too). Rotated material makes a new identity with new contexts; the old
+one's idle connections are closed (``forget``), its busy ones finish their request and close.
 
 Whether an answer had started decides whether a failed call may be retried: once a byte of the
 answer arrived, the request reached the server and may have had effects. Each connection's
@@ -22,8 +23,7 @@ import logging
 import socket
 import ssl
 import weakref
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -39,10 +39,10 @@ from agent.jobs.results import TLSInfo
 
 log = logging.getLogger("agent.transport")
 
-# Identities (profiles, inline records) with a session and kept-alive connections at once. Each
-# costs some 60 KiB (OpenSSL and buffers); beyond this many in rotation, the least recently used
-# idle ones are closed and reconnect when next used.
-MAX_SESSIONS = 256
+# Idle kept-alive connections, over all identities. Each costs some 30 KiB (OpenSSL and buffers);
+# beyond this many the least recently used close, and their identity reconnects when next used.
+MAX_IDLE = 4096
+IDLE_SECONDS = 30.0  # an idle connection closes after this long
 
 # What an answer's head may hold. aiohttp's parser enforces the first three and the call checks
 # the total (``head_too_large``); an answer beyond them ends with ``response_too_large``. Real
@@ -127,24 +127,39 @@ class Network:
     allow: AllowList | None = None
 
 
-class _Entry:
+class _Pool:
+    """One network's session: a single connector whose pool holds every identity's connections."""
+
     def __init__(self, session: aiohttp.ClientSession, network: Network) -> None:
         self.session = session
         self.network = network
         self.in_flight = 0
         self.retired = False
 
+    @property
+    def connector(self) -> WatchedConnector:
+        connector = self.session.connector
+        assert isinstance(connector, WatchedConnector)
+        return connector
+
 
 class Transport:
-    """Sessions keyed by identity; ``retire(key)`` stops handing one out and closes it when idle.
+    """The agent's connections: one pooled session per network (a runtime state's
+    ``agent.resolve`` and allow-list), shared by all the state's identities.
 
-    It keeps no configuration: each ``acquire`` names the network its session must use, and a
-    session built for another network is never handed out for it.
+    aiohttp pools connections under a key that holds the SSL context and the SNI name, and
+    every identity has SSL contexts of its own, so a connection opened with one client
+    certificate and trust store only ever serves jobs of that identity. Idle connections are
+    bounded in number (``max_idle``, the least recently used close first) and in time
+    (``idle_seconds``), not by identity: thousands of identities keep their connections warm.
+    It keeps no configuration: each ``acquire`` names the network its session must use.
     """
 
-    def __init__(self) -> None:
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
-        self.max_sessions = MAX_SESSIONS
+    def __init__(self, *, max_idle: int = MAX_IDLE, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.max_idle = max_idle
+        self.idle_seconds = idle_seconds
+        self._current: Network | None = None  # the network of the state in force
+        self._pools: dict[int, _Pool] = {}  # by id of their network (each pool holds it)
         self._closing: set[asyncio.Task[None]] = set()
         self.on_connection: list[Callable[[bool], None]] = []  # called with new=True/False
         self._seen: weakref.WeakKeyDictionary[object, TLSInfo] = weakref.WeakKeyDictionary()
@@ -180,11 +195,12 @@ class Transport:
 
     def _new_session(self, network: Network) -> aiohttp.ClientSession:
         connector = WatchedConnector(
+            max_idle=self.max_idle,
             limit=0,
             resolver=AllowingResolver(StaticResolver(network.resolve), network.allow),
             ttl_dns_cache=10,
             enable_cleanup_closed=False,
-            keepalive_timeout=30,
+            keepalive_timeout=self.idle_seconds,
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -198,70 +214,67 @@ class Transport:
             max_headers=MAX_HEADERS,
         )
 
-    def acquire(self, key: str, network: Network) -> _Entry:
-        """The session for ``key`` on ``network``, counted in use until ``release``: a retired
-        one is closed only after its last request."""
-        entry = self._entries.get(key)
-        if entry is not None and entry.network is not network:
-            self.retire(key)  # built under another state's network: never reused for this one
-            entry = None
-        if entry is None or entry.retired:
-            entry = _Entry(self._new_session(network), network)
-            self._entries[key] = entry
-            if len(self._entries) > self.max_sessions:
-                self._evict_idle()
-        else:
-            self._entries.move_to_end(key)
-        entry.in_flight += 1
-        return entry
+    def use(self, network: Network) -> None:
+        """``network`` is the state in force from now on. The sessions of other networks close
+        once the requests still running on them (jobs of an earlier state) finish."""
+        self._current = network
+        for pool in list(self._pools.values()):
+            if pool.network is not network:
+                self._retire(pool)
 
-    def release(self, entry: _Entry) -> None:
-        entry.in_flight -= 1
-        if entry.retired and entry.in_flight == 0:
-            self._close_later(entry)
+    def acquire(self, network: Network) -> _Pool:
+        """The session for ``network``, counted in use until ``release``. Sessions are never
+        shared between networks; one for a network no longer in force closes after its last
+        request."""
+        pool = self._pools.get(id(network))
+        if pool is None or pool.network is not network:
+            pool = _Pool(self._new_session(network), network)
+            self._pools[id(network)] = pool
+            if self._current is not None and network is not self._current:
+                pool.retired = True  # a job of an earlier state, retrying: close when done
+        pool.in_flight += 1
+        return pool
+
+    def release(self, pool: _Pool) -> None:
+        pool.in_flight -= 1
+        if pool.retired and pool.in_flight == 0:
+            self._close_later(pool)
 
     @asynccontextmanager
-    async def session(
-        self, key: str, network: Network | None = None
-    ) -> AsyncIterator[aiohttp.ClientSession]:
-        entry = self.acquire(key, network or _DIRECT)
+    async def session(self, network: Network | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+        pool = self.acquire(network or _DIRECT)
         try:
-            yield entry.session
+            yield pool.session
         finally:
-            self.release(entry)
+            self.release(pool)
 
     @property
-    def identities(self) -> list[str]:
-        """Keys with a session, least recently used first."""
-        return list(self._entries)
+    def idle_connections(self) -> int:
+        return sum(pool.connector.idle_count() for pool in self._pools.values())
 
-    def _evict_idle(self) -> None:
-        """Over ``max_sessions``: close the least recently used idle sessions (and their kept-
-        alive connections), so memory stays bounded however many identities are in use."""
-        excess = len(self._entries) - self.max_sessions
-        for key in [k for k, e in self._entries.items() if e.in_flight == 0][:excess]:
-            self.retire(key)
+    def forget(self, contexts: Iterable[ssl.SSLContext]) -> None:
+        """An identity no new job will use (rotated material, an evicted inline record): close
+        its idle connections now rather than when they time out."""
+        wanted = set(contexts)
+        for pool in self._pools.values():
+            pool.connector.close_idle(wanted)
 
-    def retire(self, key: str) -> None:
-        """Never hand out ``key``'s session again; close it once its requests finish."""
-        entry = self._entries.pop(key, None)
-        if entry is None:
-            return
-        entry.retired = True
-        if entry.in_flight == 0:
-            self._close_later(entry)
+    def _retire(self, pool: _Pool) -> None:
+        if not pool.retired:
+            pool.retired = True
+        if pool.in_flight == 0:
+            self._close_later(pool)
 
-    def retire_all(self) -> None:
-        for key in list(self._entries):
-            self.retire(key)
-
-    def _close_later(self, entry: _Entry) -> None:
-        task = asyncio.get_running_loop().create_task(entry.session.close())
+    def _close_later(self, pool: _Pool) -> None:
+        if self._pools.get(id(pool.network)) is pool:
+            del self._pools[id(pool.network)]
+        task = asyncio.get_running_loop().create_task(pool.session.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        self.retire_all()
+        for pool in list(self._pools.values()):
+            self._retire(pool)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 

@@ -66,6 +66,10 @@ class Identity:
         client = self.material.client
         return client.subject if client else None
 
+    def contexts(self) -> list[ssl.SSLContext]:
+        """The SSL contexts built so far (connections made with them are this identity's)."""
+        return list(self._contexts.values())
+
     def context(self, send_sni: bool) -> ssl.SSLContext:
         ctx = self._contexts.get(send_sni)
         if ctx is None:
@@ -108,11 +112,11 @@ class Identities:
         profiles: Mapping[str, ProfileConfig],
         *,
         vault_loader: VaultLoader | None = None,
-        on_rotate: Callable[[str], None] | None = None,
+        on_rotate: Callable[[Identity], None] | None = None,
         staged: Staged | None = None,
     ) -> None:
-        """``on_rotate`` is told the key of an identity no new job will use (its connections
-        can close); ``staged``: these profiles' material, already loaded (``stage``)."""
+        """``on_rotate`` is told of an identity no new job will use (its connections can
+        close); ``staged``: these profiles' material, already loaded (``stage``)."""
         self.profiles = MappingProxyType(dict(profiles))
         self.vault_loader = vault_loader
         self.on_rotate = on_rotate
@@ -130,9 +134,9 @@ class Identities:
         folded = name.casefold()
         return next((p for n, p in self.profiles.items() if n.casefold() == folded), None)
 
-    def _rotated(self, key: str) -> None:
+    def _rotated(self, identity: Identity) -> None:
         if self.on_rotate is not None:
-            self.on_rotate(key)
+            self.on_rotate(identity)
 
     def profile_for(self, job: Job) -> ProfileConfig | None:
         """The job's profile; names (``protocol_profile`` or a ``<profile>://`` endpoint) are
@@ -195,7 +199,7 @@ class Identities:
             self._profiles[profile.name] = _Cached(identity, mtimes, time.monotonic())
             if cached is not None:
                 log.info("profile %s: key material changed; new connections use it", profile.name)
-                self._rotated(cached.identity.key)
+                self._rotated(cached.identity)
             return identity
 
     def replace_profile(self, name: str, material: ProfileMaterial) -> None:
@@ -208,7 +212,7 @@ class Identities:
         )
         self._profiles[name] = _Cached(identity, (), time.monotonic())
         if old is not None:
-            self._rotated(old.identity.key)
+            self._rotated(old.identity)
 
     async def _changed(self, profile: ProfileConfig, cached: _Cached) -> bool:
         now = time.monotonic()
@@ -248,7 +252,7 @@ class Identities:
         self._inline[digest] = identity
         while len(self._inline) > INLINE_CACHE_SIZE:
             _, old = self._inline.popitem(last=False)
-            self._rotated(old.key)
+            self._rotated(old)
         return identity
 
 
