@@ -123,6 +123,10 @@ class Identities:
         self._generation = next(_GENERATIONS)
         self._profiles: dict[str, _Cached] = dict(staged.loaded) if staged is not None else {}
         self._inline: OrderedDict[str, Identity] = OrderedDict()
+        self._building: dict[
+            str, asyncio.Future[Identity | None]
+        ] = {}  # inline records being built
+        self.context_builds = 0  # key material loaded and an SSL context built (for the bench)
         self._locks: dict[str, asyncio.Lock] = {}
         self._default: Identity | None = None
 
@@ -225,6 +229,7 @@ class Identities:
         return await asyncio.to_thread(_mtimes, files) != cached.mtimes
 
     async def _load_profile(self, profile: ProfileConfig) -> Identity:
+        self.context_builds += 1
         if profile.vault_path or profile.vault_pki:
             if self.vault_loader is None:
                 raise KeystoreError(
@@ -241,11 +246,33 @@ class Identities:
         return identity
 
     async def _inline_identity(self, inline: InlineProfile, job_id: str) -> Identity:
+        """The identity of an inline record, built once however many jobs carry it at once.
+
+        Jobs arriving while the record is being built wait for that build. If it fails they
+        build it themselves: a failure names the job whose build it was, and one job's error
+        must not appear in another's result.
+        """
         digest = _inline_digest(inline)
         identity = self._inline.get(digest)
         if identity is not None:
             self._inline.move_to_end(digest)
             return identity
+        building = self._building.get(digest)
+        if building is not None and (built := await asyncio.shield(building)) is not None:
+            return built
+        future: asyncio.Future[Identity | None] = asyncio.get_running_loop().create_future()
+        self._building[digest] = future
+        identity = None
+        try:
+            identity = await self._build_inline(inline, job_id, digest)
+        finally:
+            if self._building.get(digest) is future:
+                del self._building[digest]
+            future.set_result(identity)  # None: failed or cancelled, waiters build for themselves
+        return identity
+
+    async def _build_inline(self, inline: InlineProfile, job_id: str, digest: str) -> Identity:
+        self.context_builds += 1
         material = await asyncio.to_thread(load_inline, inline, job_id)
         identity = Identity(f"inline:{digest[:16]}#{self._generation}", None, material, inline.sni)
         await asyncio.to_thread(identity.context, True)
