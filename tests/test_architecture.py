@@ -37,7 +37,6 @@ OVERSIZE = {
     "config/config.py",
     "queues/postgres.py",
     "queues/sqlite.py",
-    "worker/worker.py",
     ("credentials/inspect.py", "inspect_profile"),
 }
 
