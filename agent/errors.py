@@ -1,15 +1,17 @@
-"""The agent's errors, one tree, each mapping to one result ``error.kind``.
+"""The agent's errors, one tree. Those that end a job carry its result's ``error.kind`` (an
+``ErrorKind``, which also says whether a failed attempt is retried); the others have none.
 
 ::
 
-    AgentError
+    AgentError (never raised itself)
     ├── ConfigError            config.xml cannot be used          (commands exit 2)
+    ├── QueueError             the job queue is unreachable
+    ├── ServiceError           the daemon cannot run as asked now (exit 1)
     ├── JobError               a job is malformed                 kind: invalid_job
     │   └── UnknownProfileError  names a profile config.xml lacks   kind: unknown_profile
     ├── KeystoreError          keystore/truststore unusable       kind: keystore
     ├── VaultError             the vault refused or is down       kind: vault
-    ├── QueueError             the job queue is unreachable
-    └── CallError              no answer came from the endpoint   kind: one of the call kinds
+    └── CallError              no answer came from the endpoint   kind: one of CALL_KINDS
         ├── DestinationDenied                                     kind: destination_denied
         ├── TLSError           handshake failed                   kind: tls_handshake, sni_required,
         │                                                               certificate_verify,
@@ -29,41 +31,90 @@ Messages say what to do and never carry a password, token or key bytes.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
+from typing import ClassVar
 
-ERROR_KINDS = frozenset(
+
+class ErrorKind(enum.StrEnum):
+    """A result's ``error.kind``: why no complete, valid answer came. A StrEnum: the JSON and
+    every comparison with the contract's strings see the plain value."""
+
+    INVALID_JOB = "invalid_job"
+    UNKNOWN_PROFILE = "unknown_profile"
+    KEYSTORE = "keystore"
+    VAULT = "vault"
+    DESTINATION_DENIED = "destination_denied"
+    DNS = "dns"
+    CONNECT = "connect"
+    TLS_HANDSHAKE = "tls_handshake"
+    SNI_REQUIRED = "sni_required"
+    CERTIFICATE_VERIFY = "certificate_verify"
+    HOSTNAME_MISMATCH = "hostname_mismatch"
+    CLIENT_CERTIFICATE_REJECTED = "client_certificate_rejected"
+    TIMEOUT = "timeout"
+    RESPONSE_TOO_LARGE = "response_too_large"
+    BAD_RESPONSE = "bad_response"
+    CANCELLED = "cancelled"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a failed attempt of this kind may be tried again: only when the failure came
+        before the request could have reached the partner (and, the caller checks, before any
+        byte of an answer arrived)."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.TLS_HANDSHAKE, ErrorKind.TIMEOUT}
+)
+# The kinds a call to a partner can end with (``CallError``).
+CALL_KINDS = frozenset(
     {
-        "invalid_job",
-        "unknown_profile",
-        "keystore",
-        "vault",
-        "destination_denied",
-        "dns",
-        "connect",
-        "tls_handshake",
-        "sni_required",
-        "certificate_verify",
-        "hostname_mismatch",
-        "client_certificate_rejected",
-        "timeout",
-        "response_too_large",
-        "bad_response",
-        "cancelled",
+        ErrorKind.DESTINATION_DENIED,
+        ErrorKind.DNS,
+        ErrorKind.CONNECT,
+        ErrorKind.TLS_HANDSHAKE,
+        ErrorKind.SNI_REQUIRED,
+        ErrorKind.CERTIFICATE_VERIFY,
+        ErrorKind.HOSTNAME_MISMATCH,
+        ErrorKind.CLIENT_CERTIFICATE_REJECTED,
+        ErrorKind.TIMEOUT,
+        ErrorKind.RESPONSE_TOO_LARGE,
+        ErrorKind.BAD_RESPONSE,
+        ErrorKind.CANCELLED,
+    }
+)
+TLS_KINDS = frozenset(
+    {
+        ErrorKind.TLS_HANDSHAKE,
+        ErrorKind.SNI_REQUIRED,
+        ErrorKind.CERTIFICATE_VERIFY,
+        ErrorKind.HOSTNAME_MISMATCH,
+        ErrorKind.CLIENT_CERTIFICATE_REJECTED,
     }
 )
 
 
 class AgentError(Exception):
-    """Base of every error the agent raises on purpose."""
+    """Base of every error the agent raises on purpose. Not raised itself: each subclass says
+    what went wrong, and those that end a job carry the result's ``kind``. Errors that do not
+    end a job (config, queue, service) have no kind."""
 
-    kind = "invalid_job"
+    kind: ClassVar[ErrorKind | None] = None
 
     def __init__(self, message: str) -> None:
+        if type(self) is AgentError:
+            raise TypeError("raise a subclass of AgentError: it says what went wrong")
         super().__init__(message)
         self.message = message
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind is not None and self.kind.retryable
 
 
 class ConfigError(AgentError):
@@ -91,7 +142,7 @@ class JobError(AgentError):
     """A job is malformed. ``problems`` lists every (field, message) found; ``field`` and
     ``detail`` are the first of them."""
 
-    kind = "invalid_job"
+    kind = ErrorKind.INVALID_JOB
 
     def __init__(
         self,
@@ -119,7 +170,7 @@ class JobError(AgentError):
 
 
 class UnknownProfileError(JobError):
-    kind = "unknown_profile"
+    kind = ErrorKind.UNKNOWN_PROFILE
 
     def __init__(self, profile: str, known: list[str], *, field: str = "protocol_profile") -> None:
         names = ", ".join(sorted(known)) or "none"
@@ -132,7 +183,7 @@ class UnknownProfileError(JobError):
 class KeystoreError(AgentError):
     """Key material cannot be loaded or is broken; ``origin`` says whose it is."""
 
-    kind = "keystore"
+    kind = ErrorKind.KEYSTORE
 
     def __init__(self, origin: str, message: str) -> None:
         super().__init__(f"{origin}: {message}")
@@ -140,27 +191,38 @@ class KeystoreError(AgentError):
 
 
 class VaultError(AgentError):
-    kind = "vault"
+    kind = ErrorKind.VAULT
 
 
 class QueueError(AgentError):
     """The queue backend cannot be reached or refused an operation."""
 
 
+class ServiceError(AgentError):
+    """The daemon cannot do what its configuration asks right now (a port taken): exit 1."""
+
+
 class CallError(AgentError):
     """No complete, valid answer came from the endpoint; ``kind`` is one of the call kinds."""
 
-    def __init__(self, kind: str, message: str) -> None:
-        if kind not in ERROR_KINDS:
-            raise ValueError(f"unknown error kind {kind!r}")
+    kind: ErrorKind  # type: ignore[misc]  # per instance: one of CALL_KINDS
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        if kind not in CALL_KINDS:
+            raise ValueError(f"not a call's error kind: {kind!r}")
         super().__init__(message)
-        self.kind = kind
+        self.kind = ErrorKind(kind)
 
 
 class DestinationDenied(CallError):
     def __init__(self, message: str) -> None:
-        super().__init__("destination_denied", message)
+        super().__init__(ErrorKind.DESTINATION_DENIED, message)
 
 
 class TLSError(CallError):
     """A TLS handshake failed; the kind tells why and the message what to change."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        if kind not in TLS_KINDS:
+            raise ValueError(f"not a handshake's error kind: {kind!r}")
+        super().__init__(kind, message)

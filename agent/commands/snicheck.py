@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 
 from agent.config.config import AgentConfig
 from agent.credentials.memory import load_client_material
-from agent.errors import AgentError, CallError, ConfigError, TLSError
+from agent.errors import AgentError, CallError, ConfigError, ErrorKind, TLSError
 from agent.http.classify import Attempt, classify_ssl
 from agent.tls.context import (
     SNIChoice,
@@ -121,12 +121,12 @@ def _judge(
     problems: list[CallError] = []
     failure = classify_ssl(seen.ssl_error, attempt) if seen.ssl_error is not None else None
     if failure is None and seen.error is not None:  # dropped: no alert to read
-        kind = "sni_required" if choice.send is None else "tls_handshake"
+        kind = ErrorKind.SNI_REQUIRED if choice.send is None else ErrorKind.TLS_HANDSHAKE
         failure = TLSError(kind, f"{attempt.host}:{attempt.port}: {seen.error}")
     if failure is None and _refused_in_answer(seen):
         who = attempt.client_subject or "none (no keystore in this profile)"
         failure = TLSError(
-            "client_certificate_rejected",
+            ErrorKind.CLIENT_CERTIFICATE_REJECTED,
             f"the server answered {seen.status_line!r}: it did not accept the client "
             f"certificate {who}; check that the partner trusts its issuer",
         )
@@ -148,7 +148,7 @@ def _judge(
             )
             problems.append(
                 TLSError(
-                    "hostname_mismatch",
+                    ErrorKind.HOSTNAME_MISMATCH,
                     f"the server's certificate is not valid for {choice.verify_name!r} "
                     f"(certificate names: {names})",
                 )

@@ -2,7 +2,7 @@
 
 ``Caller.run(job)`` never raises for a job's own trouble: every failure becomes a Result with an
 ``error`` of the contract's kinds. Only cancellation propagates. A failed attempt is retried only
-when its kind is one of ``RETRYABLE`` and no byte of an answer had arrived.
+when its kind is retryable (``ErrorKind.retryable``) and no byte of an answer had arrived.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from agent.config.config import ProfileConfig
-from agent.errors import AgentError, CallError, JobError, TLSError
+from agent.errors import AgentError, CallError, ErrorKind, JobError, TLSError
 from agent.http.aiohttp_adapter import answer_started, mark_answered, protocol_of
 from agent.http.classify import (
     NOT_RETRIED,
@@ -40,7 +40,6 @@ from agent.tls.identities import Identity
 
 log = logging.getLogger("agent.call")
 
-RETRYABLE = {"connect", "timeout", "tls_handshake", "dns"}  # and only before any answer byte
 # Statuses with which servers tell of a missing or refused client certificate (nginx answers 400,
 # or its own 495 and 496; IIS 403.7), and what their page then says.
 CERT_STATUSES = frozenset({400, 403, 495, 496})
@@ -131,30 +130,24 @@ class Caller:
         return (await self._attempt(job, state))[0]
 
     async def _attempt(self, job: Job, state: CallState) -> tuple[Result, bool]:
-        """One attempt: its Result, and whether it may be retried (it failed with a kind of
-        ``RETRYABLE`` before any byte of an answer arrived)."""
+        """One attempt: its Result, and whether it may be retried (its failure's kind is
+        retryable and no byte of an answer had arrived)."""
         start = time.perf_counter()
         prepared: Prepared | None = None
-        answered = False
+        retry = False
         try:
             prepared = await self.prepare(job, state)
             result = await self._send(job, prepared, state)
-        except AgentError as exc:
-            answered = answer_started()  # e.g. response_too_large
-            tls = prepared.route.tls if prepared is not None else TLSInfo()  # e.g. denied by name
-            result = Result.failed(job.id, exc.kind, exc.message, tls=tls)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a result
-            answered = answer_started()
-            if prepared is None:
-                log.exception("job %s: unexpected failure", job.id)
-                result = Result.failed(job.id, "connect", f"unexpected failure: {exc!r}")
-            else:
-                r = prepared.route
-                err = await _explained(_classified(exc, r, answered), r, state)
-                result = Result.failed(job.id, err.kind, err.message, tls=r.tls)
+            answered = answer_started()  # reading clears it, for the next attempt
+            err = await _failure(exc, job, prepared, answered, state)
+            kind = err.kind
+            assert kind is not None  # _failure only returns errors that end a job
+            tls = prepared.route.tls if prepared is not None else TLSInfo()  # e.g. denied by name
+            result = Result.failed(job.id, kind, err.message, tls=tls)
+            retry = kind.retryable and not answered
         result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
-        kind = result.error.kind if result.error else None
-        return result, kind in RETRYABLE and not answered
+        return result, retry
 
     async def prepare(self, job: Job, state: CallState) -> Prepared:
         _check_destination(job, state)
@@ -203,7 +196,7 @@ class Caller:
         if head_too_large(resp.raw_headers):
             resp.close()
             raise CallError(
-                "response_too_large",
+                ErrorKind.RESPONSE_TOO_LARGE,
                 f"{r.host}:{r.port} answered with more than {MAX_HEAD_BYTES} bytes of headers, "
                 f"the agent's bound; {NOT_RETRIED}",
             )
@@ -224,6 +217,20 @@ class Caller:
             tls=tls,
             hint=_cert_page_hint(status, data, r) if status in CERT_STATUSES else None,
         )
+
+
+async def _failure(
+    exc: Exception, job: Job, prepared: Prepared | None, answered: bool, state: CallState
+) -> AgentError:
+    """The error a failed attempt ends with: the agent's own (an invalid request, a refused
+    destination, a bound crossed), or a third-party failure classified into the call kinds."""
+    if isinstance(exc, AgentError) and exc.kind is not None:
+        return exc
+    if prepared is None:
+        log.exception("job %s: unexpected failure", job.id)
+        return CallError(ErrorKind.CONNECT, f"unexpected failure: {exc!r}")
+    r = prepared.route
+    return await _explained(_classified(exc, r, answered), r, state)
 
 
 def _check_destination(job: Job, state: CallState) -> None:
@@ -249,7 +256,7 @@ async def _explained(err: AgentError, r: Route, state: CallState) -> AgentError:
 
     One extra handshake, only on this failure, presenting no client certificate.
     """
-    if err.kind != "hostname_mismatch" or "names:" in err.message or state.proxy:
+    if err.kind != ErrorKind.HOSTNAME_MISMATCH or "names:" in err.message or state.proxy:
         return err
     names = await peer_names(r.host, r.port, r.attempt.sni, state.resolve)
     if names is None:
@@ -269,7 +276,7 @@ def _classified(exc: Exception, r: Route, answered: bool) -> AgentError:
         return classify(exc, r.attempt, answered)
     except Exception:  # noqa: BLE001 - an unforeseen failure still ends as a result
         log.exception("cannot classify a failure calling %s:%d", r.host, r.port)
-        kind = "bad_response" if answered else "connect"
+        kind = ErrorKind.BAD_RESPONSE if answered else ErrorKind.CONNECT
         return CallError(kind, f"call to {r.host}:{r.port} failed: {exc!r}")
 
 
@@ -292,7 +299,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, host: str) -> 
     if declared is not None and declared > limit:
         resp.close()
         raise CallError(
-            "response_too_large",
+            ErrorKind.RESPONSE_TOO_LARGE,
             f"{host} answered {declared} bytes, over agent.max_response_bytes ({limit})",
         )
     if declared is not None and "Content-Encoding" not in resp.headers:
@@ -304,7 +311,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, host: str) -> 
         if size > limit:
             resp.close()
             raise CallError(
-                "response_too_large",
+                ErrorKind.RESPONSE_TOO_LARGE,
                 f"{host} answered more than agent.max_response_bytes ({limit} bytes)",
             )
         chunks.append(chunk)

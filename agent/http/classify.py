@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 
-from agent.errors import CallError, JobError, TLSError
+from agent.errors import CallError, ErrorKind, JobError, TLSError
 from agent.http.transport import MAX_FIELD, MAX_HEADERS, MAX_STATUS_LINE
 from agent.tls.context import is_ip_literal
 
@@ -79,11 +79,11 @@ def classify_verify(err: ssl.SSLCertVerificationError, a: Attempt) -> TLSError:
         if "certificate names" in str(err):  # our own check names them
             detail = str(err.args[1] if len(err.args) > 1 else err)
         return TLSError(
-            "hostname_mismatch",
+            ErrorKind.HOSTNAME_MISMATCH,
             f"the server's certificate is not valid for {name!r}: {detail}. {_name_advice(a)}",
         )
     return TLSError(
-        "certificate_verify",
+        ErrorKind.CERTIFICATE_VERIFY,
         f"the server's certificate for {name!r} is not trusted: {err.verify_message} "
         f"(the job trusts {a.trust}: add the certificate's issuing CA there)",
     )
@@ -109,7 +109,7 @@ def classify_ssl(err: ssl.SSLError, a: Attempt) -> TLSError:
     reason = (getattr(err, "reason", None) or "").upper()
     if reason in SNI_REASONS or (a.sni is None and reason in HANDSHAKE_FAILURE | {""}):
         return TLSError(
-            "sni_required",
+            ErrorKind.SNI_REQUIRED,
             f"the server at {a.host}:{a.port} refused the handshake "
             f"({reason or err.__class__.__name__})"
             + (
@@ -122,12 +122,12 @@ def classify_ssl(err: ssl.SSLError, a: Attempt) -> TLSError:
     if reason in CLIENT_CERT_REASONS:
         who = a.client_subject or "none (no keystore in this profile)"
         return TLSError(
-            "client_certificate_rejected",
+            ErrorKind.CLIENT_CERTIFICATE_REJECTED,
             f"the server did not accept the client certificate {who} ({reason}); check that "
             "the partner trusts its issuer and that the profile presents the right alias",
         )
     return TLSError(
-        "tls_handshake", f"TLS handshake with {a.host}:{a.port} failed: {reason or err}"
+        ErrorKind.TLS_HANDSHAKE, f"TLS handshake with {a.host}:{a.port} failed: {reason or err}"
     )
 
 
@@ -142,23 +142,29 @@ def classify(exc: BaseException, a: Attempt, answered: bool = False) -> CallErro
     if answered:
         return _cut_off(exc, a)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
-        return CallError("timeout", f"no answer from {a.host}:{a.port} within the job's timeout")
+        return CallError(
+            ErrorKind.TIMEOUT, f"no answer from {a.host}:{a.port} within the job's timeout"
+        )
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return CallError("dns", f"cannot resolve {a.host!r}: {exc.os_error.strerror or exc}")
+        return CallError(
+            ErrorKind.DNS, f"cannot resolve {a.host!r}: {exc.os_error.strerror or exc}"
+        )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         err = exc.certificate_error
         if isinstance(err, ssl.SSLCertVerificationError):
             return classify_verify(err, a)
-        return TLSError("certificate_verify", f"certificate check failed: {err}")
+        return TLSError(ErrorKind.CERTIFICATE_VERIFY, f"certificate check failed: {err}")
     found = _ssl_error(exc)
     if found is not None:
         return classify_ssl(found, a)
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return CallError("connect", f"cannot reach the proxy: {exc}")
+        return CallError(ErrorKind.CONNECT, f"cannot reach the proxy: {exc}")
     if isinstance(exc, aiohttp.ClientConnectorError) and _reset_in_handshake(exc):
         return _reset_during_handshake(a)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return CallError("connect", f"cannot connect to {a.host}:{a.port}: {exc.strerror or exc}")
+        return CallError(
+            ErrorKind.CONNECT, f"cannot connect to {a.host}:{a.port}: {exc.strerror or exc}"
+        )
     if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
         return _disconnected(a)
     if isinstance(exc, aiohttp.ClientHttpProxyError):
@@ -166,10 +172,10 @@ def classify(exc: BaseException, a: Attempt, answered: bool = False) -> CallErro
             " (check mid.proxy.username and mid.proxy.password)" if exc.status in (401, 407) else ""
         )
         return CallError(
-            "connect", f"the proxy refused the tunnel: {exc.status} {exc.message}{hint}"
+            ErrorKind.CONNECT, f"the proxy refused the tunnel: {exc.status} {exc.message}{hint}"
         )
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        return CallError("connect", f"connection to {a.host}:{a.port} failed: {exc}")
+        return CallError(ErrorKind.CONNECT, f"connection to {a.host}:{a.port} failed: {exc}")
     raise exc
 
 
@@ -189,13 +195,13 @@ def _bad_answer(exc: BaseException, a: Attempt) -> CallError | None:
         return _cut_off(cur, a)
     if isinstance(cur, LineTooLong) or "too many headers" in cur.message.lower():
         return CallError(
-            "response_too_large",
+            ErrorKind.RESPONSE_TOO_LARGE,
             f"{where} answered with a head over the agent's bounds ({_parser_said(cur)}; "
             f"at most a {MAX_STATUS_LINE}-byte status line, {MAX_HEADERS} headers, "
             f"{MAX_FIELD} bytes per header name or value); {NOT_RETRIED}",
         )
     return CallError(
-        "bad_response",
+        ErrorKind.BAD_RESPONSE,
         f"{where} sent an answer that is not valid HTTP ({_parser_said(cur)}); " + NOT_RETRIED,
     )
 
@@ -216,12 +222,12 @@ def _cut_off(exc: BaseException, a: Attempt) -> CallError:
     where = f"{a.host}:{a.port}"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return CallError(
-            "timeout",
+            ErrorKind.TIMEOUT,
             f"{where} started answering but did not finish within the job's timeout; "
             + NOT_RETRIED,
         )
     return CallError(
-        "bad_response",
+        ErrorKind.BAD_RESPONSE,
         f"{where} ended the connection in the middle of its answer ({_cause(exc)}); " + NOT_RETRIED,
     )
 
@@ -272,12 +278,12 @@ def _reset_in_handshake(exc: aiohttp.ClientConnectorError) -> bool:
 def _reset_during_handshake(a: Attempt) -> CallError:
     if a.sni is None:
         return TLSError(
-            "sni_required",
+            ErrorKind.SNI_REQUIRED,
             f"{a.host}:{a.port} dropped the connection during the TLS handshake without SNI: "
             f"it most likely requires SNI; {_sni_advice(a)}",
         )
     return TLSError(
-        "tls_handshake",
+        ErrorKind.TLS_HANDSHAKE,
         f"{a.host}:{a.port} dropped the connection during the TLS handshake (SNI {a.sni!r}); "
         "the server may not accept the client certificate or the TLS version",
     )
@@ -285,7 +291,7 @@ def _reset_during_handshake(a: Attempt) -> CallError:
 
 def _disconnected(a: Attempt) -> CallError:
     return CallError(
-        "connect",
+        ErrorKind.CONNECT,
         f"{a.host}:{a.port} closed the connection without answering"
         + (
             " (servers that require SNI or a client certificate sometimes do this: "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent.errors import ErrorKind
+
 
 @dataclass(frozen=True)
 class ErrorInfo:
@@ -44,7 +46,7 @@ class Result:
     hint: str | None = None  # for a processed answer whose status points at the client cert
 
     @classmethod
-    def failed(cls, job_id: str, kind: str, message: str, **extra: Any) -> Result:
+    def failed(cls, job_id: str, kind: ErrorKind, message: str, **extra: Any) -> Result:
         return cls(id=job_id, state="error", error=ErrorInfo(kind, message), **extra)
 
     def to_dict(self) -> dict[str, Any]:

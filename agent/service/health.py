@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from agent.credentials.inspect import ProfileReport
-from agent.errors import AgentError
+from agent.errors import AgentError, ServiceError
 from agent.service.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("agent.health")
@@ -138,7 +138,7 @@ class HealthServer:
             # Not a config error: the value is fine, the port is taken (or the address is not
             # this host's) right now. A runtime failure, exit 1.
             reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
-            raise AgentError(
+            raise ServiceError(
                 f"health server: cannot listen on {host}:{port} (agent.health.listen): {reason}"
             ) from None
         self._runner = runner

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from agent.config.config import AgentConfig
 from agent.engine.engine import Engine
-from agent.errors import QueueError
+from agent.errors import ErrorKind, QueueError
 from agent.jobs.results import Result
 from agent.queues.base import Claim, Queue
 from agent.queues.journal import Journal
@@ -386,7 +386,7 @@ class Worker:
         start = time.perf_counter()
         if claim.problem is not None:
             log.error("%s; it ends as invalid_job", claim.problem)
-            result = Result.failed(claim.job.id, "invalid_job", claim.problem)
+            result = Result.failed(claim.job.id, ErrorKind.INVALID_JOB, claim.problem)
         else:
             result = await self.engine.run(claim.job, attempts_before=claim.attempt - 1)
         self._results.append((claim, result, time.perf_counter() - start))
