@@ -35,7 +35,6 @@ TABLES = {("commands/demo/demo.py", "_cases")}
 # shrinks; a module or function that grows past a limit fails at once.
 OVERSIZE = {
     "worker/worker.py",
-    ("credentials/inspect.py", "inspect_profile"),
 }
 
 
