@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
     print(f"{'trick':<24}{'figure':<16}{'on':>14} {'':>10}  {'off':>13} {'':>10}  gain")
+    # the working directory's disk: /tmp may be a tmpfs, where an fsync costs nothing
     with tempfile.TemporaryDirectory(prefix="agent-tricks-", dir=Path.cwd()) as tmp:
         for trick in tricks(Path(tmp), args.quick):
             if args.only and not trick.name.startswith(args.only):
