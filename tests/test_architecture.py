@@ -33,12 +33,7 @@ MAX_FUNCTION_LINES = 50
 TABLES = {("commands/demo/demo.py", "_cases")}
 # Debt being paid down: each entry is a module or function still over its limit. The list only
 # shrinks; a module or function that grows past a limit fails at once.
-OVERSIZE = {
-    "config/config.py",
-    "queues/postgres.py",
-    "queues/sqlite.py",
-    ("credentials/inspect.py", "inspect_profile"),
-}
+OVERSIZE: set[str | tuple[str, str]] = set()  # paid off; new debt needs a reason here
 
 
 def modules() -> Iterator[Path]:

@@ -22,7 +22,8 @@ import pytest
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.jobs.model import Job
-from agent.queues.postgres import MIGRATIONS, PostgresQueue
+from agent.queues.postgres import PostgresQueue
+from agent.queues.postgres_sql import MIGRATIONS
 from tests.conftest import PKI, agent_cmd, arun_agent, profile_config
 from tests.pg import PORT, database_url, fetch, fresh_database
 

@@ -21,7 +21,8 @@ from agent.jobs.model import Job
 from agent.jobs.results import Result
 from agent.queues.base import Claim
 from agent.queues.journal import Journal
-from agent.queues.postgres import MIGRATIONS, PostgresQueue
+from agent.queues.postgres import PostgresQueue
+from agent.queues.postgres_sql import MIGRATIONS
 from agent.queues.sqlite import SqliteQueue
 from tests.conftest import PKI, Ran, arun_agent, write_config
 from tests.pg import database_url, fetch, fresh_database

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from agent.errors import AgentError, ConfigError, JobError
 from agent.http.soap import build_request
 from agent.jobs.model import Job
 from agent.service.logs import json_lines_for, setup_logging
+from agent.service.tuning import tune_for_daemon
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
@@ -150,23 +150,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, _config_path(args), burst=args.burst)
     tune_for_daemon()
     return run_loop(daemon.run())
-
-
-DAEMON_SWITCH_INTERVAL = 0.001  # seconds; Python's default is 0.005
-
-
-def tune_for_daemon() -> None:
-    """Interpreter settings for a busy, long-running worker process (one-shot commands keep
-    the defaults). Both showed as queue-to-result latency spikes under load:
-
-    - ``gc.freeze()``: what start-up allocated (modules, config, key material) moves out of
-      the collector's reach, so a full collection no longer walks it: 20-30 ms pauses every
-      few seconds became 1-2 ms;
-    - a 1 ms switch interval: the queue thread lets go of the GIL around every SQLite step,
-      and getting it back from a busy event loop took up to the 5 ms default each time.
-    """
-    gc.freeze()
-    sys.setswitchinterval(DAEMON_SWITCH_INTERVAL)
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:

@@ -26,13 +26,8 @@ import orjson
 from cryptography.fernet import Fernet, InvalidToken
 from lxml import etree
 
-from agent.config.config import (
-    AgentConfig,
-    Parameter,
-    from_parameters,
-    parse_parameters,
-    read_config,
-)
+from agent.config.config import AgentConfig, from_parameters, read_config
+from agent.config.parameters import Parameter, parse_parameters
 from agent.errors import ConfigError, QueueError
 
 log = logging.getLogger("agent.config")

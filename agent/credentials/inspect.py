@@ -115,6 +115,50 @@ def inspect_profile(
     if client is None:
         notes = material.notes or ("no client certificate",)
         return ProfileReport(name, True, trust_source=source, notes=notes, warnings=tuple(warnings))
+    found = _check_client(client, anchors, explicit, source, now, warn_days, warnings)
+    leaf = client.leaf
+    return ProfileReport(
+        name=name,
+        loaded=True,
+        subject=leaf.subject.rfc4514_string(),
+        issuer=leaf.issuer.rfc4514_string(),
+        sans=_sans(leaf),
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        days_left=whole_days(leaf.not_valid_after_utc, now),
+        key_matches=found.key_matches,
+        chain=tuple(c.subject.rfc4514_string() for c in client.chain),
+        chain_ordered=not client.reordered,
+        chain_complete=found.chain_complete,
+        trusted=found.trusted,
+        trust_source=source,
+        checked_at=now,
+        notes=material.notes + client.notes,
+        problems=found.problems,
+        warnings=found.warnings,
+    )
+
+
+@dataclass(frozen=True)
+class _Findings:
+    key_matches: bool
+    chain_complete: bool
+    trusted: bool
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def _check_client(
+    client: KeyMaterial,
+    anchors: tuple[x509.Certificate, ...],
+    explicit: bool,
+    source: str,
+    now: dt.datetime,
+    warn_days: int,
+    warnings: list[str],
+) -> _Findings:
+    """What is wrong with the client certificate and its chain, checked against ``anchors``
+    (``explicit``: the profile's own truststore, whose failure to verify can be a problem)."""
     problems = _validity(client, now, warn_days, warnings)
     key_matches = public_der(client.key.public_key()) == public_der(client.leaf.public_key())
     if not key_matches:
@@ -129,27 +173,7 @@ def inspect_profile(
     if not trusted:
         text, fatal = _trust_finding(client, anchors, source, why)
         (problems if fatal and explicit else warnings).append(text)
-    leaf = client.leaf
-    return ProfileReport(
-        name=name,
-        loaded=True,
-        subject=leaf.subject.rfc4514_string(),
-        issuer=leaf.issuer.rfc4514_string(),
-        sans=_sans(leaf),
-        not_before=leaf.not_valid_before_utc,
-        not_after=leaf.not_valid_after_utc,
-        days_left=whole_days(leaf.not_valid_after_utc, now),
-        key_matches=key_matches,
-        chain=tuple(c.subject.rfc4514_string() for c in client.chain),
-        chain_ordered=not client.reordered,
-        chain_complete=complete,
-        trusted=trusted,
-        trust_source=source,
-        checked_at=now,
-        notes=material.notes + client.notes,
-        problems=tuple(problems),
-        warnings=tuple(warnings),
-    )
+    return _Findings(key_matches, complete, trusted, tuple(problems), tuple(warnings))
 
 
 def _validity(

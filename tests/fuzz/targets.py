@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 
 from agent.commands.cli import parse_jobs
-from agent.config.config import AgentConfig, from_parameters, is_secret, parse_parameters
+from agent.config.config import AgentConfig, from_parameters
+from agent.config.parameters import is_secret, parse_parameters
 from agent.errors import ConfigError, JobError
 from agent.http.soap import MAX_DETAIL, parse_response
 from agent.jobs.model import Job

@@ -20,7 +20,8 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from agent.config.config import VAULT_PREFIX, ProfileConfig, VaultConfig
+from agent.config.config import ProfileConfig, VaultConfig
+from agent.config.parameters import VAULT_PREFIX
 from agent.credentials.sources import ProfileMaterial
 from agent.credentials.vault.client import VaultClient
 from agent.credentials.vault.kv import read_kv

@@ -18,7 +18,8 @@ import hvac
 import hvac.exceptions as hvac_errors
 import requests
 
-from agent.config.config import VAULT_PREFIX, VaultConfig
+from agent.config.config import VaultConfig
+from agent.config.parameters import VAULT_PREFIX
 from agent.errors import VaultError
 
 REQUEST_TIMEOUT = 10.0  # seconds for one vault request

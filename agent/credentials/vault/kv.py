@@ -14,7 +14,8 @@ from typing import Any
 
 from cryptography import x509
 
-from agent.config.config import VAULT_PREFIX, ProfileConfig
+from agent.config.config import ProfileConfig
+from agent.config.parameters import VAULT_PREFIX
 from agent.credentials.formats import load_truststore
 from agent.credentials.sources import PARAM, ProfileMaterial, material_from_record
 from agent.credentials.vault.login import Session

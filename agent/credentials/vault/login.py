@@ -19,7 +19,8 @@ from typing import Any, NamedTuple, TypeVar
 import hvac
 import hvac.exceptions as hvac_errors
 
-from agent.config.config import VAULT_PREFIX, VaultConfig
+from agent.config.config import VaultConfig
+from agent.config.parameters import VAULT_PREFIX
 from agent.credentials.vault.client import FAILURES, AuthFailed, VaultClient
 from agent.credentials.vault.timing import RENEW_FRACTION, due, retry_delay
 from agent.errors import VaultError

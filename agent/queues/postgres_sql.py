@@ -1,0 +1,96 @@
+"""The shared queue's statements: the schema's migrations, in order (each runs once, under the
+schema lock), and one statement per operation."""
+
+from __future__ import annotations
+
+from agent.jobs.secrets import SECRET_FIELDS
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE agent_jobs (
+        id text PRIMARY KEY,
+        seq bigserial NOT NULL UNIQUE,
+        state text NOT NULL DEFAULT 'ready'
+            CHECK (state IN ('ready', 'processing', 'processed', 'error')),
+        job jsonb NOT NULL,
+        result jsonb,
+        attempt integer NOT NULL DEFAULT 0,
+        token bigint NOT NULL DEFAULT 0,
+        agent text,
+        lease_until timestamptz,
+        created timestamptz NOT NULL DEFAULT now(),
+        updated timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX agent_jobs_ready ON agent_jobs (seq) WHERE state = 'ready';
+    CREATE INDEX agent_jobs_leased ON agent_jobs (lease_until) WHERE state = 'processing';
+    """,
+    f"""
+    ALTER TABLE agent_jobs ADD COLUMN secrets text, ADD COLUMN digest text;
+    UPDATE agent_jobs SET job = job {" ".join(f"#- '{{{','.join(p)}}}'" for p in SECRET_FIELDS)}
+    WHERE state IN ('processed', 'error') AND job ? 'inline_profile';
+    """,
+)
+
+ENQUEUE = """
+WITH added AS (
+    INSERT INTO agent_jobs (id, job, secrets, digest)
+    SELECT id, job::jsonb, secrets, digest
+    FROM unnest($1::text[], $2::text[], $4::text[], $5::text[])
+        WITH ORDINALITY AS j(id, job, secrets, digest, n)
+    ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
+)
+SELECT pg_notify($3, count(*)::text) FROM added HAVING count(*) > 0
+"""
+# Run after ENQUEUE in its transaction (so it sees rows a concurrent enqueue just committed).
+DIFFERENT_CONTENT = """
+SELECT a.id FROM unnest($1::text[], $2::text[]) AS g(id, digest) JOIN agent_jobs a USING (id)
+WHERE a.digest IS NOT NULL AND a.digest <> g.digest LIMIT 1
+"""
+
+# Two index-ordered scans (lapsed leases by deadline, then ready jobs by seq) that stop at the
+# limit: the cost does not grow with the backlog, unlike one ORDER BY over both kinds.
+CLAIM = """
+WITH lapsed AS MATERIALIZED (
+    SELECT id FROM agent_jobs
+    WHERE state = 'processing' AND lease_until < now()
+    ORDER BY lease_until
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), ready AS MATERIALIZED (
+    SELECT id FROM agent_jobs
+    WHERE state = 'ready'
+    ORDER BY seq
+    LIMIT greatest(0, $3 - (SELECT count(*) FROM lapsed))
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE agent_jobs j
+SET state = 'processing', token = j.token + 1, attempt = j.attempt + 1, agent = $1,
+    lease_until = now() + make_interval(secs => $2), updated = now()
+WHERE j.id IN (SELECT id FROM lapsed UNION ALL SELECT id FROM ready)
+RETURNING j.id, j.job::text, j.token, j.attempt, j.seq, j.secrets
+"""
+
+RENEW = """
+UPDATE agent_jobs j SET lease_until = now() + make_interval(secs => $3), updated = now()
+FROM unnest($1::text[], $2::bigint[]) AS c(id, token)
+WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
+RETURNING j.id, j.token
+"""
+
+COMPLETE = """
+UPDATE agent_jobs j
+SET state = c.state, result = c.result::jsonb, secrets = NULL, lease_until = NULL,
+    updated = now()
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS c(id, token, state, result)
+WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
+RETURNING j.id, j.token
+"""
+
+RELEASE = """
+UPDATE agent_jobs j
+SET state = 'ready', lease_until = NULL, agent = NULL, attempt = j.attempt - 1, updated = now()
+FROM unnest($1::text[], $2::bigint[]) AS c(id, token)
+WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
+"""
