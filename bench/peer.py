@@ -1,11 +1,11 @@
 """The benchmark's peer: a throwaway PKI and a minimal nginx requiring client certificates.
 
-The tests' harness nginx (tests/servers.py) carries echo maps and an access log for assertions;
-here every request costs nginx as little as possible, so the client side is what is measured.
-Two servers on 127.0.0.1: ``warm_port`` keeps connections alive (many requests each), and
-``cold_port`` closes after every answer (``keepalive_timeout 0``), so each request there needs a
-fresh handshake. Session caches and tickets are off: a new connection is a full mTLS handshake.
-"""
+The tests' harness nginx (tests/support/servers.py) carries echo maps and an access log for
+assertions; here every request costs nginx as little as possible, so the client side is what is
+measured. Two servers on 127.0.0.1: ``warm_port`` keeps connections alive (many requests each),
+and ``cold_port`` closes after every answer (``keepalive_timeout 0``), so each request there
+needs a fresh handshake. Session caches and tickets are off: a new connection is a full mTLS
+handshake."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.commands.demo.pki import CA
-from tests.servers import Managed, accepts, free_port
+from tests.support.servers import Managed, accepts, free_port
 
 HOST = "localhost"  # the URL host: SNI is sent, the server certificate names it
 PATH = "/bench"

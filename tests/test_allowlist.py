@@ -15,7 +15,10 @@ from agent.engine.engine import Engine
 from agent.errors import ConfigError, DestinationDenied
 from agent.http.allowlist import PARAMETER, AllowList
 from agent.jobs.model import Job
-from tests.conftest import PKI, arun_agent, profile_config
+from tests.support.cli import arun_agent
+from tests.support.configs import profile_config
+from tests.support.jobs import make_job
+from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,17 +111,6 @@ async def listener() -> AsyncIterator[Listener]:
         yield counting
 
 
-def rest_job(job_id: str, host: str, port: int) -> Job:
-    return Job.from_dict(
-        {
-            "id": job_id,
-            "topic": "RESTProbe",
-            "endpoint": f"https://{host}:{port}/echo",
-            "protocol_profile": "partner",
-        }
-    )
-
-
 async def run_job(config: Path, job: Job) -> dict[str, object]:
     engine = Engine(load_config(config))
     try:
@@ -152,7 +144,7 @@ async def test_allowed_name_resolving_outside_the_networks_is_denied(
 ) -> None:
     """``agent.resolve`` maps the allowed name to 127.0.0.1, outside 10.0.0.0/8: no connection."""
     config = profile_config(tmp_path, pki, listener.port, **{PARAMETER: "alpha.test,10.0.0.0/8"})
-    result = await run_job(config, rest_job("denied-address", "alpha.test", listener.port))
+    result = await run_job(config, make_job("denied-address", listener.port, host="alpha.test"))
     error = result["error"]
     assert isinstance(error, dict) and error["kind"] == "destination_denied", result
     assert "127.0.0.1" in error["message"] and "alpha.test" in error["message"]
@@ -166,7 +158,7 @@ async def test_allowed_destination_is_called(
     config = profile_config(
         tmp_path, pki, mtls_server.port, **{PARAMETER: "*.test,127.0.0.0/8,::1/128"}
     )
-    result = await run_job(config, rest_job("allowed", "alpha.test", mtls_server.port))
+    result = await run_job(config, make_job("allowed", mtls_server.port, host="alpha.test"))
     assert (result["state"], result["status"], result["error"]) == ("processed", 200, None)
 
 
@@ -177,11 +169,11 @@ async def test_allowed_by_address_then_denied_after_the_list_changes(
     config = profile_config(tmp_path, pki, mtls_server.port, **{PARAMETER: "127.0.0.0/8"})
     engine = Engine(load_config(config))
     try:
-        first = await engine.run(rest_job("by-address", "alpha.test", mtls_server.port))
+        first = await engine.run(make_job("by-address", mtls_server.port, host="alpha.test"))
         assert first.state == "processed" and first.status == 200
         narrowed = profile_config(tmp_path, pki, listener.port, **{PARAMETER: "10.0.0.0/8"})
         engine.swap(load_config(narrowed))
-        second = await engine.run(rest_job("narrowed", "alpha.test", listener.port))
+        second = await engine.run(make_job("narrowed", listener.port, host="alpha.test"))
         assert second.error is not None and second.error.kind == "destination_denied"
         assert listener.accepted == 0
     finally:

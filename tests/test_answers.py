@@ -24,10 +24,11 @@ from agent.engine.engine import Engine
 from agent.http.transport import MAX_FIELD, MAX_HEADERS
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from tests.conftest import PKI, profile_config
-from tests.servers import NginxPorts, ServerPKI
-from tests.test_timeouts import server_context
-from tests.test_tls_interop import P, tls_config
+from tests.support.configs import P, profile_config, tls_config
+from tests.support.engines import running_engine
+from tests.support.jobs import make_job
+from tests.support.pki import PKI, server_context
+from tests.support.servers import NginxPorts, ServerPKI
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
@@ -113,23 +114,14 @@ def headers(count: int, size: int) -> bytes:
 
 @pytest.fixture
 async def engine(tmp_path: Path, pki: PKI) -> AsyncIterator[Engine]:
-    engine = Engine(load_config(profile_config(tmp_path, pki, 443), env={}))
-    yield engine
-    await engine.close()
+    async with running_engine(load_config(profile_config(tmp_path, pki, 443), env={})) as engine:
+        yield engine
 
 
 def job(port: int, **fields: Any) -> Job:
-    base = {
-        "id": "answer-1",
-        "topic": "RESTProbe",
-        "endpoint": f"https://alpha.test:{port}/orders",
-        "protocol_profile": "partner",
-        "method": "POST",
-        "body": "{}",
-        "max_attempts": 3,
-        "timeout": 10,
-    }
-    return Job.from_dict(base | fields)
+    """A POST with a body, three attempts and a ten-second timeout, unless ``fields`` differ."""
+    base = {"method": "POST", "body": "{}", "max_attempts": 3, "timeout": 10}
+    return make_job("answer-1", port, "/orders", **(base | fields))
 
 
 async def run(engine: Engine, pki: PKI, answer: Answer, **fields: Any) -> tuple[Result, int]:
@@ -283,9 +275,8 @@ async def test_an_endpoint_port_out_of_range_is_invalid_job(
 @pytest.fixture
 async def nginx_engine(tmp_path: Path, server_pki: ServerPKI) -> AsyncIterator[Engine]:
     extra = {f"{P}.nocert.truststore": str(server_pki.ca_pem)}  # trusts nginx, presents nothing
-    engine = Engine(tls_config(tmp_path, server_pki, **extra))
-    yield engine
-    await engine.close()
+    async with running_engine(tls_config(tmp_path, server_pki, **extra)) as engine:
+        yield engine
 
 
 async def nginx_call(engine: Engine, port: int, profile: str) -> Result:

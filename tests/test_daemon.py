@@ -10,43 +10,12 @@ from pathlib import Path
 import pytest
 
 from agent.commands.demo.demoserver import DemoServer
-from tests.conftest import (
-    P12_PASSWORD,
-    PKI,
-    agent_cmd,
-    arun_agent,
-    profile_config,
-    write_config,
-)
+from tests.support.cli import agent_cmd, arun_agent, log_line, start_daemon
+from tests.support.configs import profile_config, write_config
+from tests.support.jobs import job_fields
+from tests.support.pki import P12_PASSWORD, PKI
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def job(job_id: str, port: int, path: str = "/echo", **extra: object) -> dict[str, object]:
-    return {
-        "id": job_id,
-        "topic": "RESTProbe",
-        "endpoint": f"https://alpha.test:{port}{path}",
-        "protocol_profile": "partner",
-        **extra,
-    }
-
-
-async def start_daemon(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *agent_cmd("-c", str(config), "run"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def log_line(daemon: asyncio.subprocess.Process, text: str) -> str:
-    """Read the daemon's log until a line containing ``text``."""
-    assert daemon.stderr is not None
-    while line := (await daemon.stderr.readline()).decode():
-        if text in line:
-            return line
-    raise AssertionError(f"the daemon exited without logging {text!r}")
 
 
 async def states(config: Path, ids: list[str]) -> dict[str, str]:
@@ -60,7 +29,9 @@ async def states(config: Path, ids: list[str]) -> dict[str, str]:
 async def test_enqueue_run_result(tmp_path: Path, pki: PKI, mtls_server: DemoServer) -> None:
     config = profile_config(tmp_path, pki, mtls_server.port)
     job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(job("order-1", mtls_server.port, method="POST", body="hi")))
+    job_file.write_text(
+        json.dumps(job_fields("order-1", mtls_server.port, method="POST", body="hi"))
+    )
     ran = await arun_agent("-c", str(config), "enqueue", str(job_file))
     assert ran.returncode == 0 and ran.stdout.split() == ["order-1"]
     daemon = await start_daemon(config)
@@ -98,13 +69,13 @@ async def test_call_runs_one_job_without_the_queue(
 ) -> None:
     config = profile_config(tmp_path, pki, mtls_server.port)
     ran = await arun_agent(
-        "-c", str(config), "call", "-", input=json.dumps(job("c1", mtls_server.port))
+        "-c", str(config), "call", "-", input=json.dumps(job_fields("c1", mtls_server.port))
     )
     assert ran.returncode == 0, ran.stderr
     result = json.loads(ran.stdout)
     assert result["status"] == 200 and json.loads(result["body"])["sni"] == "alpha.test"
     assert not (tmp_path / "queue.db").exists()
-    bad = job("c2", mtls_server.port, sni=False)
+    bad = job_fields("c2", mtls_server.port, sni=False)
     ran = await arun_agent("-c", str(config), "call", "-", input=json.dumps(bad))
     assert ran.returncode == 1
     assert json.loads(ran.stdout)["error"]["kind"] == "sni_required"
@@ -115,7 +86,7 @@ async def test_sigterm_lets_in_flight_jobs_finish(
 ) -> None:
     config = profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "3"})
     ids = [f"slow-{i}" for i in range(3)]
-    jobs = [job(i, mtls_server.port, "/slow?seconds=2") for i in ids]
+    jobs = [job_fields(i, mtls_server.port, "/slow?seconds=2") for i in ids]
     await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
     daemon = await start_daemon(config)
     await asyncio.wait_for(mtls_server.started.wait(), 30)
@@ -129,7 +100,7 @@ async def test_second_signal_returns_unfinished_jobs(
 ) -> None:
     config = profile_config(tmp_path, pki, mtls_server.port, **{"threads.max": "2"})
     ids = ["long-1", "long-2"]
-    jobs = [job(i, mtls_server.port, "/slow?seconds=60") for i in ids]
+    jobs = [job_fields(i, mtls_server.port, "/slow?seconds=60") for i in ids]
     await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
     daemon = await start_daemon(config)
     await asyncio.wait_for(mtls_server.started.wait(), 30)
@@ -147,7 +118,7 @@ async def test_sigkill_loses_no_job(tmp_path: Path, pki: PKI, mtls_server: DemoS
         tmp_path, pki, mtls_server.port, **{"threads.max": "2", "agent.lease.seconds": "2"}
     )
     ids = [f"k-{i}" for i in range(5)]
-    jobs = [job(i, mtls_server.port, "/slow?seconds=1") for i in ids]
+    jobs = [job_fields(i, mtls_server.port, "/slow?seconds=1") for i in ids]
     await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
     daemon = await start_daemon(config)
     await asyncio.wait_for(mtls_server.started.wait(), 30)
@@ -218,7 +189,7 @@ async def test_worker_processes_share_the_queue(
         tmp_path, pki, mtls_server.port, **{"agent.workers": "2", "threads.max": "2"}
     )
     ids = [f"w-{i}" for i in range(12)]
-    jobs = [job(i, mtls_server.port, "/slow?seconds=0.5") for i in ids]
+    jobs = [job_fields(i, mtls_server.port, "/slow?seconds=0.5") for i in ids]
     await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
     ran = await arun_agent("-c", str(config), "run", "--burst")
     assert ran.returncode == 0, ran.stderr
@@ -240,7 +211,11 @@ async def test_an_enqueue_from_another_process_wakes_an_idle_daemon(
         await asyncio.wait_for(log_line(daemon, "started"), 30)
         for job_id in ("wake-1", "wake-2"):
             ran = await arun_agent(
-                "-c", str(config), "enqueue", "-", input=json.dumps(job(job_id, mtls_server.port))
+                "-c",
+                str(config),
+                "enqueue",
+                "-",
+                input=json.dumps(job_fields(job_id, mtls_server.port)),
             )
             assert ran.returncode == 0, ran.stderr
             # far below the 60 s poll interval: only the wake-up can bring each job in
@@ -260,7 +235,9 @@ async def test_a_stored_row_that_is_no_job_ends_invalid_and_the_rest_run(
     import time
 
     config = profile_config(tmp_path, pki, mtls_server.port)
-    good = json.dumps([job("good-1", mtls_server.port), job("good-2", mtls_server.port)])
+    good = json.dumps(
+        [job_fields("good-1", mtls_server.port), job_fields("good-2", mtls_server.port)]
+    )
     assert (await arun_agent("-c", str(config), "enqueue", "-", input=good)).returncode == 0
     with sqlite3.connect(tmp_path / "queue.db") as db:
         now = time.time()
@@ -304,7 +281,9 @@ async def test_worker_processes_name_themselves_and_say_when_idle(
         return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
 
     try:
-        await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(job("named", 0)))
+        await arun_agent(
+            "-c", str(config), "enqueue", "-", input=json.dumps(job_fields("named", 0))
+        )
         deadline = time.monotonic() + 60
         while {e.get("worker") for e in entries() if "queue empty" in str(e["msg"])} != {0, 1}:
             assert daemon.returncode is None, log.read_text()

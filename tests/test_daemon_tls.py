@@ -13,18 +13,16 @@ from agent.commands.demo.demoserver import DemoServer
 from agent.engine.engine import Engine
 from agent.jobs.model import Job
 from agent.queues.sqlite import SqliteQueue
-from tests.conftest import PKI, arun_agent, profile_config, write_config
-from tests.servers import NginxPorts, ServerPKI, Tinyproxy
-from tests.test_daemon import log_line, start_daemon
-from tests.test_tls_interop import P, echo, tls_config, tls_params
+from tests.support.cli import arun_agent, log_line, start_daemon
+from tests.support.configs import P, profile_config, tls_config, tls_params, write_config
+from tests.support.jobs import job_fields
+from tests.support.pki import PKI
+from tests.support.results import echo
+from tests.support.servers import NginxPorts, ServerPKI, Tinyproxy
 
 
 def queue_params(directory: Path) -> dict[str, str]:
     return {"url": f"sqlite:///{directory / 'queue.db'}", "mid.poll.time": "0.2"}
-
-
-def rest_job(job_id: str, url: str, profile: str) -> dict[str, str]:
-    return {"id": job_id, "topic": "RESTProbe", "endpoint": url, "protocol_profile": profile}
 
 
 async def result_of(config: Path, job_id: str) -> dict[str, object]:
@@ -39,7 +37,7 @@ async def test_daemon_alternating_certificates_to_one_host(
 ) -> None:
     config = write_config(tmp_path, tls_params(server_pki) | queue_params(tmp_path))
     url = f"https://alpha.test:{nginx_ports.sni}/echo"
-    jobs = [rest_job(f"alt-{i}", url, ("one", "two")[i % 2]) for i in range(40)]
+    jobs = [job_fields(f"alt-{i}", endpoint=url, profile=("one", "two")[i % 2]) for i in range(40)]
     await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
     ran = await arun_agent("-c", str(config), "run", "--burst")
     assert ran.returncode == 0, ran.stderr
@@ -70,7 +68,7 @@ async def test_sighup_puts_a_changed_keystore_in_force_for_the_next_job(
     daemon = await start_daemon(config)
     try:
         await asyncio.wait_for(log_line(daemon, "started"), 30)  # signal handlers installed
-        first = json.dumps(rest_job("before", url, "rot"))
+        first = json.dumps(job_fields("before", endpoint=url, profile="rot"))
         await arun_agent("-c", str(config), "enqueue", "-", input=first)
         seen = json.loads(str((await result_of(config, "before"))["body"]))
         assert seen["client_dn"].startswith("CN=client-one")
@@ -78,7 +76,7 @@ async def test_sighup_puts_a_changed_keystore_in_force_for_the_next_job(
         shutil.copy(server_pki.client_two.key, keys / "client.key")
         daemon.send_signal(signal.SIGHUP)
         await asyncio.wait_for(log_line(daemon, "configuration reloaded"), 30)
-        second = json.dumps(rest_job("after", url, "rot"))
+        second = json.dumps(job_fields("after", endpoint=url, profile="rot"))
         await arun_agent("-c", str(config), "enqueue", "-", input=second)
         seen = json.loads(str((await result_of(config, "after"))["body"]))
         assert seen["client_dn"].startswith("CN=client-two")
@@ -100,7 +98,7 @@ async def test_sighup_with_a_broken_config_keeps_the_old_one(
         line = await asyncio.wait_for(log_line(daemon, "reload refused"), 30)
         assert "line" in line or "threads.max" in line
         await arun_agent("-c", str(config), "enqueue", "-", input="[]")  # exits 2: config broken
-        job = json.dumps(rest_job("still", url, "one"))
+        job = json.dumps(job_fields("still", endpoint=url, profile="one"))
         write_config(tmp_path, tls_params(server_pki) | queue_params(tmp_path))  # for the CLI
         await arun_agent("-c", str(config), "enqueue", "-", input=job)
         seen = json.loads(str((await result_of(config, "still"))["body"]))
@@ -131,7 +129,7 @@ async def test_call_through_a_forward_proxy_keeps_mtls_and_sni(
         engine = Engine(config)
         try:
             url = f"https://127.0.0.1:{nginx_ports.plain}/echo"
-            job = rest_job("via-proxy", url, "one") | {"sni": "alpha.test"}
+            job = job_fields("via-proxy", endpoint=url, profile="one") | {"sni": "alpha.test"}
             result = await engine.run(Job.from_dict(job))
             seen = echo(result)
             assert seen["sni"] == "alpha.test" and seen["client_dn"].startswith("CN=client-one")
@@ -158,7 +156,7 @@ async def test_proxy_refusing_the_credentials_is_reported(
         engine = Engine(config)
         try:
             url = f"https://127.0.0.1:{nginx_ports.plain}/echo"
-            job = rest_job("bad-proxy", url, "one") | {"sni": "alpha.test"}
+            job = job_fields("bad-proxy", endpoint=url, profile="one") | {"sni": "alpha.test"}
             result = await engine.run(Job.from_dict(job))
             assert result.error is not None and result.error.kind == "connect"
             assert "proxy refused the tunnel" in result.error.message
@@ -179,7 +177,11 @@ async def test_sighup_keeps_secure_passwords_working(
         assert "encrypted:" in config.read_text()
         daemon.send_signal(signal.SIGHUP)
         await asyncio.wait_for(log_line(daemon, "configuration reloaded"), 30)
-        job = rest_job("after-reload", f"https://alpha.test:{mtls_server.port}/echo", "partner")
+        job = job_fields(
+            "after-reload",
+            endpoint=f"https://alpha.test:{mtls_server.port}/echo",
+            profile="partner",
+        )
         await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(job))
         result = await result_of(config, "after-reload")
         assert result["state"] == "processed" and result["status"] == 200, result["error"]

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import agent_cmd, run_agent, write_config
+from tests.support.cli import agent_cmd, run_agent
+from tests.support.configs import write_config
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,7 +20,9 @@ import pytest
 from agent.commands.cli import build_parser
 from agent.commands.demo.demoserver import DemoServer
 from agent.commands.demo.pki import CA
-from tests.conftest import PKI, agent_cmd, arun_agent, profile_config, run_agent, write_config
+from tests.support.cli import agent_cmd, arun_agent, run_agent
+from tests.support.configs import profile_config, write_config
+from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(120)
 

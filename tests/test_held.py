@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PKI, agent_cmd, profile_config
+from tests.support.cli import agent_cmd
+from tests.support.configs import profile_config
+from tests.support.pki import PKI
 
 LIMIT = 1024 * 1024  # agent.max_response_bytes in these tests
 BIG = 100 * 1024 * 1024

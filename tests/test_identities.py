@@ -8,7 +8,7 @@ import base64
 
 from agent.jobs.model import Job
 from agent.tls.identities import Identities
-from tests.conftest import PKI
+from tests.support.pki import PKI
 
 
 def inline_job(job_id: str, p12: bytes, password: str) -> Job:

@@ -13,9 +13,8 @@ from agent.credentials.formats import KeyMaterial, load_keystore, load_truststor
 from agent.credentials.inspect import inspect_profile, report_error
 from agent.credentials.sources import ProfileMaterial
 from agent.errors import KeystoreError
-
-from . import keytool as kt
-from .keytool import pem
+from tests.support import keytool as kt
+from tests.support.keytool import pem
 
 PASS = "Inspect-Pass-42"
 

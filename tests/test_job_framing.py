@@ -1,9 +1,9 @@
 """Framing belongs to the agent: a job cannot smuggle a second request, whichever way it reaches
 the queue, and a bad row never costs the next job its answer.
 
-The peer is :class:`tests.keepalive_server.KeepAliveServer`: it honours ``Transfer-Encoding``
-and keeps connections open, so a job framing its own body would be read as two requests.
-"""
+The peer is :class:`tests.support.keepalive_server.KeepAliveServer`: it honours
+``Transfer-Encoding`` and keeps connections open, so a job framing its own body would be read as
+two requests."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ import pytest
 from agent.config.config import load_config
 from agent.queues import Claim, open_queue
 from agent.queues.sqlite import SqliteQueue
-from tests.conftest import arun_agent, write_config
-from tests.keepalive_server import KeepAliveServer
-from tests.pg import database_url, fetch, fresh_database
-from tests.servers import ServerPKI
+from tests.support.cli import arun_agent
+from tests.support.configs import write_config
+from tests.support.jobs import job_fields
+from tests.support.keepalive_server import KeepAliveServer
+from tests.support.pg import database_url, fetch, fresh_database
+from tests.support.servers import ServerPKI
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -55,18 +57,8 @@ def config_for(directory: Path, pki: ServerPKI, port: int, **extra: str) -> Path
     )
 
 
-def rest_job(job_id: str, port: int, path: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "topic": "RESTProbe",
-        "endpoint": f"https://alpha.test:{port}{path}",
-        "protocol_profile": "partner",
-        **extra,
-    }
-
-
 def smuggling_job(port: int) -> dict[str, Any]:
-    return rest_job(
+    return job_fields(
         "smuggler",
         port,
         "/first",
@@ -150,7 +142,11 @@ async def test_a_smuggling_row_in_the_queue_ends_invalid_job_and_the_next_job_ge
     config = config_for(tmp_path, server_pki, server.port)
     await inject(config, [smuggling_job(server.port)])
     ran = await arun_agent(
-        "-c", str(config), "enqueue", "-", input=json.dumps(rest_job("next", server.port, "/next"))
+        "-c",
+        str(config),
+        "enqueue",
+        "-",
+        input=json.dumps(job_fields("next", server.port, "/next")),
     )
     assert ran.returncode == 0, ran.stderr
     await run_burst(config)
@@ -169,8 +165,8 @@ async def test_two_jobs_over_one_pooled_connection_each_get_their_own_answer(
 ) -> None:
     config = config_for(tmp_path, server_pki, server.port)
     jobs = [
-        rest_job("one", server.port, "/one", method="POST", body="first body"),
-        rest_job("two", server.port, "/two", method="POST", body="second body"),
+        job_fields("one", server.port, "/one", method="POST", body="first body"),
+        job_fields("two", server.port, "/two", method="POST", body="second body"),
     ]
     ran = await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
     assert ran.returncode == 0, ran.stderr
@@ -204,12 +200,12 @@ async def test_rows_that_skipped_enqueue_end_invalid_job_and_the_agent_carries_o
     one over agent.max_job_bytes is refused by its length (it is not even JSON here)."""
     config = config_for(tmp_path, server_pki, server.port, **{"agent.max_job_bytes": "4096"})
     rows = [
-        rest_job(name, server.port, f"/{name}", **change)
+        job_fields(name, server.port, f"/{name}", **change)
         for name, (change, _) in CLAIM_REFUSALS.items()
     ]
-    numeric = rest_job("numeric", server.port, "/numeric")
+    numeric = job_fields("numeric", server.port, "/numeric")
     numeric["endpoint"] = f"https://2130706433:{server.port}/numeric"
-    await inject(config, [*rows, numeric, rest_job("fine", server.port, "/fine")])
+    await inject(config, [*rows, numeric, job_fields("fine", server.port, "/fine")])
     await run_burst(config)
     got = await results(config, [*CLAIM_REFUSALS, "numeric", "fine"])
     for name, (_, needle) in CLAIM_REFUSALS.items():
@@ -240,8 +236,8 @@ async def claim_from_postgres(tmp_path: Path, pg_database: str) -> dict[str, Cla
     queue = open_queue(config)
     await queue.open()
     try:
-        big = rest_job("big", 443, "/big", body="x" * 5000)
-        framed = rest_job("framed", 443, "/x", headers={"TE": "trailers"})
+        big = job_fields("big", 443, "/big", body="x" * 5000)
+        framed = job_fields("framed", 443, "/x", headers={"TE": "trailers"})
         for row in (big, framed):
             await fetch(
                 pg_database,

@@ -12,27 +12,17 @@ from pathlib import Path
 
 import pytest
 
-import tests.keytool as kt
 from agent.commands.demo.pki import CA
-from tests.conftest import arun_agent, write_config
-from tests.servers import NginxPorts, ServerPKI
-from tests.test_daemon import log_line, start_daemon
-from tests.test_keystores import secret_forms, snapshot
+from tests.support import keytool as kt
+from tests.support.cli import arun_agent, log_line, start_daemon
+from tests.support.configs import write_config
+from tests.support.jobs import job_fields
+from tests.support.leaks import secret_forms, snapshot
+from tests.support.servers import NginxPorts, ServerPKI
 
 P = "mid.httpclient.protocol"
 STOREPASS = "Store-Pass-1234"
 RESOLVE = "alpha.test:127.0.0.1,beta.test:127.0.0.1"
-
-
-def job(job_id: str, port: int, profile: str | None = None, **extra: object) -> dict[str, object]:
-    out: dict[str, object] = {
-        "id": job_id,
-        "topic": "RESTProbe",
-        "endpoint": f"https://alpha.test:{port}/echo",
-    }
-    if profile:
-        out["protocol_profile"] = profile
-    return out | extra
 
 
 def base_params(directory: Path, pki: ServerPKI) -> dict[str, str]:
@@ -81,7 +71,7 @@ async def test_keytool_keystores_present_their_certificate(
         )  # fmt: skip
         params |= profile(kind, path, server_pki.ca_pem, password=STOREPASS)
     config = write_config(tmp_path, params)
-    jobs = [job(k, nginx_ports.sni, k) for k in ("jks", "jceks", "pkcs12")]
+    jobs = [job_fields(k, nginx_ports.sni, profile=k) for k in ("jks", "jceks", "pkcs12")]
     results = await run_jobs(config, jobs)
     for kind in ("jks", "jceks", "pkcs12"):
         assert client_dn(results[kind]).startswith(f"CN=keytool-{kind}"), results[kind]
@@ -102,8 +92,10 @@ async def test_inline_record_carries_its_own_keystore(
     bad = {"keystore": dict(inline["keystore"], password="not-the-pass")}  # type: ignore[arg-type]
     config = write_config(tmp_path, base_params(tmp_path, server_pki))
     jobs = [
-        job("inline-ok", nginx_ports.sni, inline_profile=inline),
-        job("inline-bad", nginx_ports.sni, inline_profile=bad | {"truststore_pem": ""}),
+        job_fields("inline-ok", nginx_ports.sni, profile=None, inline_profile=inline),
+        job_fields(
+            "inline-bad", nginx_ports.sni, profile=None, inline_profile=bad | {"truststore_pem": ""}
+        ),
     ]
     results = await run_jobs(config, jobs)
     assert client_dn(results["inline-ok"]).startswith("CN=client-two")
@@ -139,7 +131,7 @@ async def test_broken_material_is_a_keystore_error_and_the_daemon_goes_on(
     params |= profile("good", p12, pki.ca_pem, password=STOREPASS)
     config = write_config(tmp_path, params)
     names = ["wrongpass", "wrongalias", "mismatch", "expired", "good"]
-    results = await run_jobs(config, [job(n, nginx_ports.sni, n) for n in names])
+    results = await run_jobs(config, [job_fields(n, nginx_ports.sni, profile=n) for n in names])
     messages = {}
     for name in names[:-1]:
         result = results[name]
@@ -201,7 +193,11 @@ async def test_no_file_written_during_a_call_holds_the_private_key(
     os.environ["TMPDIR"] = str(tmpdir)
     try:
         ran = await arun_agent(
-            "-c", str(config), "call", "-", input=json.dumps(job("nk", nginx_ports.sni, "p"))
+            "-c",
+            str(config),
+            "call",
+            "-",
+            input=json.dumps(job_fields("nk", nginx_ports.sni, profile="p")),
         )
     finally:
         del os.environ["TMPDIR"]

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from agent.commands.demo.pki import CA, Issued
 from agent.config.config import ProfileConfig
@@ -27,9 +25,9 @@ from agent.credentials.memory import load_client_material, trust_pem
 from agent.credentials.sources import load_file_profile, load_inline, material_from_record
 from agent.errors import KeystoreError
 from agent.jobs.model import InlineProfile
-
-from . import keytool as kt
-from .keytool import pem
+from tests.support import keytool as kt
+from tests.support.keytool import pem
+from tests.support.leaks import secret_forms, snapshot
 
 STOREPASS = "Store-Pass-7731"
 KEYPASS = "Key-Pass-9904"
@@ -437,37 +435,6 @@ def client_context(stores: Stores) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cadata=trust_pem([stores.root.cert]))
     return ctx
-
-
-def secret_forms(key: PrivateKeyTypes) -> list[bytes]:
-    """Byte strings that would betray the plaintext key in a file."""
-    forms = []
-    for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
-        for enc in (serialization.Encoding.DER, serialization.Encoding.PEM):
-            forms.append(key.private_bytes(enc, fmt, serialization.NoEncryption()))
-    pem_body = forms[1].split(b"\n")[1]  # a line of the base64 body
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        scalar = key.private_numbers().private_value
-    else:
-        assert isinstance(key, rsa.RSAPrivateKey)
-        scalar = key.private_numbers().d
-    return [*forms, pem_body, scalar.to_bytes((scalar.bit_length() + 7) // 8, "big")]
-
-
-def snapshot(roots: list[Path]) -> dict[Path, tuple[int, int]]:
-    """Every regular file under ``roots``: (mtime_ns, size)."""
-    out = {}
-    for root in roots:
-        for dirpath, _, names in os.walk(root):
-            for name in names:
-                path = Path(dirpath) / name
-                try:
-                    st = path.lstat()
-                except OSError:
-                    continue
-                if path.is_file() and not path.is_symlink():
-                    out[path] = (st.st_mtime_ns, st.st_size)
-    return out
 
 
 @pytest.mark.timeout(60)

@@ -24,8 +24,9 @@ from agent.commands.cli import build_parser
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import AgentConfig
 from agent.service.notify import Notifier
-from tests.conftest import PKI, agent_cmd, arun_agent, profile_config, write_config
-from tests.test_daemon import log_line
+from tests.support.cli import agent_cmd, arun_agent, log_line
+from tests.support.configs import profile_config, write_config
+from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -27,9 +27,10 @@ from agent.jobs.results import Result
 from agent.queues.base import Claim, Queue
 from agent.queues.postgres import PostgresQueue
 from agent.queues.sqlite import SqliteQueue
-from tests.conftest import PKI
-from tests.servers import free_port
-from tests.test_queue_postgres import Daemon, daemon, enqueue, job, until
+from tests.support.daemons import Daemon, daemon, enqueue, until
+from tests.support.jobs import job_fields
+from tests.support.pki import PKI
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -152,9 +153,9 @@ async def finished(url: str, total: int) -> list[asyncpg.Record]:
 def batch(port: int, short: int, long: int, later: int) -> list[dict[str, object]]:
     """Jobs in enqueue order: ``short`` that finish during the outage, ``long`` that are still
     running when it ends, then ``later`` quick ones waiting in the queue."""
-    jobs = [job(f"short-{i}", port, "/slow?seconds=1.5") for i in range(short)]
-    jobs += [job(f"long-{i}", port, "/slow?seconds=6") for i in range(long)]
-    return jobs + [job(f"later-{i}", port, "/echo") for i in range(later)]
+    jobs = [job_fields(f"short-{i}", port, "/slow?seconds=1.5") for i in range(short)]
+    jobs += [job_fields(f"long-{i}", port, "/slow?seconds=6") for i in range(long)]
+    return jobs + [job_fields(f"later-{i}", port, "/echo") for i in range(later)]
 
 
 async def in_flight(server: DemoServer, count: int) -> None:

@@ -1,7 +1,7 @@
 """One contract for every queue backend: the semantics agent/queues/base.py promises.
 
 Each case runs against the embedded SQLite queue, PostgreSQL (a fresh database) and the ECC
-queue over the in-test Table API (tests/fake_instance.py). The ECC queue follows the MID's
+queue over the in-test Table API (tests/support/fake_instance.py). The ECC queue follows the MID's
 model, "one agent name is one agent": it has no leases, fencing tokens or atomic claims (the
 Table API offers no compare-and-set). The cases about those run on the backends that promise
 them (SQLite, PostgreSQL); the ECC queue's own promise, that an agent restarted under its name
@@ -28,9 +28,9 @@ from agent.queues.base import Claim, Queue
 from agent.queues.ecc import EccQueue
 from agent.queues.postgres import PostgresQueue
 from agent.queues.sqlite import SqliteQueue
-from tests.conftest import PKI
-from tests.fake_instance import FakeInstance, serve_instance
-from tests.pg import database_url, fresh_database
+from tests.support.fake_instance import FakeInstance, serve_instance
+from tests.support.pg import database_url, fresh_database
+from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(60)
 

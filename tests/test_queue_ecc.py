@@ -15,8 +15,9 @@ from agent.errors import JobError
 from agent.queues.ecc import EccQueue, job_from_record
 from agent.queues.journal import Journal
 from agent.worker.worker import Worker
-from tests.conftest import PKI, profile_config
-from tests.fake_instance import FakeInstance, serve_instance
+from tests.support.configs import profile_config
+from tests.support.fake_instance import FakeInstance, serve_instance
+from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(60)
 AGENT = "mid.server.test-agent"

@@ -1,6 +1,6 @@
 """Several ``agent run`` daemons on one PostgreSQL queue: sharing, crashes, push wake-ups, outages.
 
-Each test gets a fresh database on the shared server (tests/pg.py), dropped afterwards. The
+Each test gets a fresh database on the shared server (tests/support/pg.py), dropped afterwards. The
 outage test never touches that server: the agent reaches it through a TCP forwarder owned by the
 test, which is closed (every connection cut) and opened again on the same port.
 """
@@ -10,12 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +19,11 @@ from agent.commands.demo.demoserver import DemoServer
 from agent.jobs.model import Job
 from agent.queues.postgres import PostgresQueue
 from agent.queues.postgres_sql import MIGRATIONS
-from tests.conftest import PKI, agent_cmd, arun_agent, profile_config
-from tests.pg import PORT, database_url, fetch, fresh_database
+from tests.support.cli import arun_agent
+from tests.support.daemons import daemon, enqueue, until
+from tests.support.jobs import job_fields
+from tests.support.pg import PORT, database_url, fetch, fresh_database
+from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,80 +33,6 @@ async def db() -> AsyncIterator[str]:
     """A fresh database on the shared server, dropped after the test."""
     async with fresh_database() as name:
         yield name
-
-
-def job(job_id: str, port: int, path: str) -> dict[str, object]:
-    return {
-        "id": job_id,
-        "topic": "RESTProbe",
-        "endpoint": f"https://alpha.test:{port}{path}",
-        "protocol_profile": "partner",
-    }
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str, deadline: float) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while not await condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-@dataclass
-class Daemon:
-    name: str
-    config: Path
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    def logged(self, text: str) -> bool:
-        return text in self.log.read_text()
-
-    async def wait_logged(self, text: str, deadline: float = 30) -> None:
-        async def seen() -> bool:
-            if self.proc.returncode is not None:
-                raise AssertionError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            return self.logged(text)
-
-        await until(seen, f"{self.name} to log {text!r}", deadline)
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 30)
-
-
-@asynccontextmanager
-async def daemon(
-    directory: Path, pki: PKI, port: int, name: str, url: str, **params: str
-) -> AsyncIterator[Daemon]:
-    """``agent run`` named ``name`` on queue ``url``, logging to a file; killed if still up."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = profile_config(directory, pki, port, name=name, url=url, **params)
-    log = directory / "agent.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MID_CONFIG_")}
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            *agent_cmd("-c", str(config), "run"),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=sink,
-            env=env,
-        )
-    running = Daemon(name, config, proc, log)
-    try:
-        await running.wait_logged("started")
-        yield running
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def enqueue(config: Path, jobs: list[dict[str, object]]) -> None:
-    ran = await arun_agent("-c", str(config), "enqueue", "-", input=json.dumps(jobs))
-    assert ran.returncode == 0, ran.stderr
-    assert len(ran.stdout.split()) == len(jobs)
 
 
 async def count(db: str, where: str, *args: object) -> int:
@@ -134,7 +58,7 @@ async def test_two_daemons_share_a_thousand_jobs_exactly_once(
         daemon(tmp_path / "a", pki, port, "agent-a", url, **params) as a,
         daemon(tmp_path / "b", pki, port, "agent-b", url, **params) as b,
     ):
-        await enqueue(a.config, [job(i, port, "/echo") for i in ids])
+        await enqueue(a.config, [job_fields(i, port, "/echo") for i in ids])
         await all_finished(db, len(ids), 90)
         assert (await a.stop(), await b.stop()) == (0, 0)
     rows = await fetch(db, "SELECT id, state, attempt, agent FROM agent_jobs")
@@ -158,7 +82,7 @@ async def test_sigkill_of_one_daemon_loses_nothing(
         daemon(tmp_path / "a", pki, port, "victim", url, **params) as victim,
         daemon(tmp_path / "b", pki, port, "survivor", url, **params) as survivor,
     ):
-        await enqueue(victim.config, [job(i, port, "/slow?seconds=1") for i in ids])
+        await enqueue(victim.config, [job_fields(i, port, "/slow?seconds=1") for i in ids])
 
         async def victim_busy() -> bool:
             return await count(db, "state = 'processing' AND agent = 'mid.server.victim'") > 0
@@ -185,7 +109,7 @@ async def test_notify_wakes_an_idle_daemon(
     # With a 30 s poll interval only a push can bring each job in under the 15 s bound.
     async with daemon(tmp_path, pki, port, "idler", url, **{"mid.poll.time": "30"}) as idler:
         for job_id in ("wake-1", "wake-2"):
-            await enqueue(idler.config, [job(job_id, port, "/echo")])
+            await enqueue(idler.config, [job_fields(job_id, port, "/echo")])
             ran = await arun_agent("-c", str(idler.config), "result", job_id, "--wait", "15")
             assert ran.returncode == 0, ran.stdout + ran.stderr
             assert json.loads(ran.stdout)["state"] == "processed"
@@ -260,7 +184,7 @@ async def test_result_made_during_an_outage_is_delivered_afterwards(
     # A 30 s poll: the job after the outage can only arrive in time if LISTEN came back.
     params = {"mid.poll.time": "30"}
     async with daemon(tmp_path, pki, port, "cut-off", url, **params) as agent:
-        await enqueue(agent.config, [job("outage-1", port, "/slow?seconds=2")])
+        await enqueue(agent.config, [job_fields("outage-1", port, "/slow?seconds=2")])
         await asyncio.wait_for(mtls_server.started.wait(), 30)
         await forwarder.stop()  # PostgreSQL is unreachable while the job runs
         await agent.wait_logged("result kept in the journal")
@@ -272,7 +196,7 @@ async def test_result_made_during_an_outage_is_delivered_afterwards(
 
         await until(delivered, "the journaled result to reach the queue", 60)
         await agent.wait_logged("journal: delivered 1 result")
-        await enqueue(agent.config, [job("outage-2", port, "/echo")])
+        await enqueue(agent.config, [job_fields("outage-2", port, "/echo")])
         ran = await arun_agent("-c", str(agent.config), "result", "outage-2", "--wait", "15")
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert await agent.stop() == 0
@@ -316,7 +240,7 @@ async def test_a_row_that_is_no_job_is_claimed_with_its_problem(db: str) -> None
     await queue.open()
     try:
         await fetch(db, "INSERT INTO agent_jobs (id, job) VALUES ('bad', '{\"topic\": 7}')")
-        await queue.enqueue([Job.from_dict(job("good", 443, "/echo"))])
+        await queue.enqueue([Job.from_dict(job_fields("good", 443, "/echo"))])
         claims = await queue.claim("agent-1", 10, 60)
     finally:
         await queue.close()

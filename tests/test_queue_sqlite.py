@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.jobs.model import Job
 from agent.queues.sqlite import SqliteQueue
-
-
-def job(job_id: str) -> Job:
-    return Job.from_dict({"id": job_id, "topic": "RESTProbe", "endpoint": "https://a.example/"})
+from tests.support.jobs import make_job
 
 
 async def test_a_write_lock_held_by_another_process_is_waited_out(tmp_path: Path) -> None:
@@ -35,7 +31,9 @@ async def test_a_write_lock_held_by_another_process_is_waited_out(tmp_path: Path
     thread.start()
     try:
         assert await asyncio.to_thread(holding.wait, 10)
-        enqueue = asyncio.create_task(queue.enqueue([job("waited")]))
+        enqueue = asyncio.create_task(
+            queue.enqueue([make_job("waited", host="a.example", path="/", profile=None)])
+        )
         await asyncio.sleep(0.05)  # let the enqueue meet the held lock at least once
         assert not enqueue.done()  # it waits rather than failing
         release.set()
@@ -66,7 +64,7 @@ async def test_wait_for_work_returns_when_another_connection_commits(
     waiting = asyncio.create_task(daemon_side.wait_for_work(60))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    await cli_side.enqueue([job("wake")])
+    await cli_side.enqueue([make_job("wake", host="a.example", path="/", profile=None)])
     await asyncio.wait_for(waiting, 10)  # far below the 60 s it would otherwise wait
 
 
@@ -76,6 +74,6 @@ async def test_a_commit_between_an_empty_claim_and_the_wait_is_not_missed(
     """The worker claims, finds nothing, then waits: an enqueue landing in between must wake it."""
     daemon_side, cli_side = two_sides
     assert await daemon_side.claim("agent", 5, 60) == []
-    await cli_side.enqueue([job("in-between")])
+    await cli_side.enqueue([make_job("in-between", host="a.example", path="/", profile=None)])
     await asyncio.wait_for(daemon_side.wait_for_work(60), 10)  # not the whole 60 s
     assert [c.job.id for c in await daemon_side.claim("agent", 5, 60)] == ["in-between"]

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import arun_agent, write_config
-from tests.keytool import ca_signed_keystore
-from tests.servers import NginxPorts, ServerPKI
-from tests.test_daemon import start_daemon
-from tests.test_tls_interop import RESOLVE, P
+from tests.support.cli import arun_agent, start_daemon
+from tests.support.configs import RESOLVE, P, write_config
+from tests.support.keytool import ca_signed_keystore
+from tests.support.servers import NginxPorts, ServerPKI
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -24,8 +24,10 @@ from agent.queues.journal import Journal
 from agent.queues.postgres import PostgresQueue
 from agent.queues.postgres_sql import MIGRATIONS
 from agent.queues.sqlite import SqliteQueue
-from tests.conftest import PKI, Ran, arun_agent, write_config
-from tests.pg import database_url, fetch, fresh_database
+from tests.support.cli import Ran, arun_agent
+from tests.support.configs import write_config
+from tests.support.pg import database_url, fetch, fresh_database
+from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import (
+from tests.support.servers import (
     BINARY,
     LARGE_BYTES,
     UNSAFE,

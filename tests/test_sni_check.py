@@ -11,9 +11,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.tls.handshake import pin_of
-from tests.conftest import arun_agent, write_config
-from tests.servers import NginxPorts, OpenSSLServer, ServerPKI
-from tests.test_tls_interop import tls_params
+from tests.support.cli import arun_agent
+from tests.support.configs import tls_params, write_config
+from tests.support.servers import NginxPorts, OpenSSLServer, ServerPKI
 
 
 async def sni_check(

@@ -1,10 +1,10 @@
 """SOAPProbe against a hostile server: XXE, external DTDs, billion laughs, an endless answer, HTML.
 
-The hostile server (tests/soapserver.py) speaks mutual TLS like a real partner and answers with
-documents meant to make an XML client read local files, fetch URLs, expand entities until memory
-runs out, or read forever. The agent runs as ``agent call`` (so a crash shows as a traceback and
-an exit code, and its peak memory is its own) and as a daemon next to ordinary REST jobs.
-"""
+The hostile server (tests/support/soapserver.py) speaks mutual TLS like a real partner and
+answers with documents meant to make an XML client read local files, fetch URLs, expand entities
+until memory runs out, or read forever. The agent runs as ``agent call`` (so a crash shows as a
+traceback and an exit code, and its peak memory is its own) and as a daemon next to ordinary
+REST jobs."""
 
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import arun_agent
-from tests.servers import NginxPorts, ServerPKI
-from tests.soapserver import HTML_502, STREAM_BYTES, TNS, HostileServer, soap_config
-from tests.test_daemon import start_daemon
+from tests.support.cli import arun_agent, start_daemon
+from tests.support.servers import NginxPorts, ServerPKI
+from tests.support.soapserver import HTML_502, STREAM_BYTES, TNS, HostileServer, soap_config
 
 pytestmark = pytest.mark.timeout(90)
 

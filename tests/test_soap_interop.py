@@ -1,10 +1,9 @@
 """SOAPProbe against an independent SOAP stack: a spyne service behind nginx's mutual TLS.
 
-spyne (tests/soapserver.py) serves ``/soap11`` (SOAP 1.1) and ``/soap12`` (SOAP 1.2) and records
-each request's Content-Type, SOAPAction and body, so these tests check both what the agent sent
-(headers, a fragment wrapped into the right Envelope) and what it made of the answers (values,
-faults). Malformed or mismatched bodies must be refused before any connection is made.
-"""
+spyne (tests/support/soapserver.py) serves ``/soap11`` (SOAP 1.1) and ``/soap12`` (SOAP 1.2) and
+records each request's Content-Type, SOAPAction and body, so these tests check both what the
+agent sent (headers, a fragment wrapped into the right Envelope) and what it made of the answers
+(values, faults). Malformed or mismatched bodies must be refused before any connection is made."""
 
 from __future__ import annotations
 
@@ -21,8 +20,9 @@ from agent.engine.engine import Engine
 from agent.errors import JobError
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from tests.servers import Nginx, ServerPKI
-from tests.soapserver import (
+from tests.support.engines import running_engine
+from tests.support.servers import Nginx, ServerPKI
+from tests.support.soapserver import (
     ENVELOPE_NS,
     TNS,
     SeenRequest,
@@ -69,9 +69,8 @@ def soap(soap_site: Soap) -> Soap:
 
 @pytest.fixture
 async def engine(tmp_path: Path, server_pki: ServerPKI) -> AsyncIterator[Engine]:
-    engine = Engine(load_config(soap_config(tmp_path, server_pki), env={}))
-    yield engine
-    await engine.close()
+    async with running_engine(load_config(soap_config(tmp_path, server_pki), env={})) as engine:
+        yield engine
 
 
 def soap_job(url: str, version: str, op: str, body: str, **extra: Any) -> dict[str, Any]:

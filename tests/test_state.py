@@ -16,7 +16,8 @@ from agent.engine.engine import Engine
 from agent.engine.state import assemble
 from agent.jobs.model import Job
 from agent.tls.identities import stage
-from tests.conftest import PKI, profile_config
+from tests.support.configs import profile_config
+from tests.support.pki import PKI
 
 PAD = "x" * 4000  # echoed back: the answer is over 4 KiB
 

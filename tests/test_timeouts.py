@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from agent.config.config import load_config
-from agent.credentials.formats import KeyMaterial
-from agent.credentials.memory import load_client_material
 from agent.engine.engine import Engine
 from agent.jobs.model import Job
-from tests.conftest import PKI, profile_config
+from tests.support.configs import profile_config
+from tests.support.engines import running_engine
+from tests.support.pki import PKI, server_context
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -56,12 +56,6 @@ class StallingPeer:
         await self.server.wait_closed()
 
 
-def server_context(pki: PKI) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    load_client_material(ctx, KeyMaterial((pki.alpha.cert, *pki.alpha.chain), pki.alpha.key, "s"))
-    return ctx
-
-
 async def read_request(reader: asyncio.StreamReader) -> None:
     await reader.readuntil(b"\r\n\r\n")
 
@@ -92,9 +86,8 @@ async def silent_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 @pytest.fixture
 async def engine(tmp_path: Path, pki: PKI) -> AsyncIterator[Engine]:
-    engine = Engine(load_config(profile_config(tmp_path, pki, 443), env={}))
-    yield engine
-    await engine.close()
+    async with running_engine(load_config(profile_config(tmp_path, pki, 443), env={})) as engine:
+        yield engine
 
 
 @pytest.mark.parametrize(

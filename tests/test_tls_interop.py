@@ -1,6 +1,6 @@
 """The TLS engine against real nginx and openssl s_server on loopback: SNI on, off, overridden.
 
-nginx layouts (tests/servers.py): ``sni`` carries alpha.test and beta.test on one port and
+nginx layouts (tests/support/servers.py): ``sni`` carries alpha.test and beta.test on one port and
 refuses handshakes without SNI; ``wrong_default`` hands out other.test's certificate to a
 handshake without SNI; ``plain`` has one server (alpha.test) whatever the SNI. All require a
 client certificate from the harness root CA.
@@ -9,66 +9,30 @@ client certificate from the harness root CA.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.config.config import AgentConfig, load_config
 from agent.engine.engine import Engine
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from tests.conftest import write_config
-from tests.servers import NginxPorts, OpenSSLServer, ServerPKI
-
-P = "mid.httpclient.protocol"
-RESOLVE = "alpha.test:127.0.0.1,beta.test:127.0.0.1,other.test:127.0.0.1"
-
-
-def tls_params(pki: ServerPKI) -> dict[str, str]:
-    """Profiles ``one`` and ``two`` (trusted clients), ``stranger`` (an untrusted client) and
-    ``foreign`` (client-one, but trusting only a CA that did not issue the servers)."""
-    params = {"agent.resolve": RESOLVE}
-    for name, files, trust in (
-        ("one", pki.client_one, pki.ca_pem),
-        ("two", pki.client_two, pki.ca_pem),
-        ("stranger", pki.stranger, pki.ca_pem),
-        ("foreign", pki.client_one, pki.stranger_ca_pem),
-    ):
-        params |= {
-            f"{P}.{name}.path": str(files.crt),
-            f"{P}.{name}.key": str(files.key),
-            f"{P}.{name}.truststore": str(trust),
-        }
-    return params
-
-
-def tls_config(directory: Path, pki: ServerPKI, **extra: str) -> AgentConfig:
-    return load_config(write_config(directory, tls_params(pki) | extra), env={})
+from tests.support.configs import P, tls_config
+from tests.support.engines import running_engine
+from tests.support.results import echo, kind
+from tests.support.servers import NginxPorts, OpenSSLServer, ServerPKI
 
 
 @pytest.fixture
 async def engine(tmp_path: Path, server_pki: ServerPKI) -> AsyncIterator[Engine]:
-    engine = Engine(tls_config(tmp_path, server_pki))
-    yield engine
-    await engine.close()
+    async with running_engine(tls_config(tmp_path, server_pki)) as engine:
+        yield engine
 
 
 async def call(engine: Engine, url: str, profile: str = "one", **fields: Any) -> Result:
     job = {"id": "j", "topic": "RESTProbe", "endpoint": url, "protocol_profile": profile}
     return await engine.run(Job.from_dict(job | fields))
-
-
-def echo(result: Result) -> dict[str, str]:
-    assert result.state == "processed" and result.status == 200, result.to_dict()
-    seen: dict[str, str] = json.loads(result.body or "")
-    return seen
-
-
-def kind(result: Result) -> str | None:
-    return result.error.kind if result.error else None
 
 
 async def test_sni_on_reaches_each_name_with_its_certificate(
@@ -140,25 +104,19 @@ async def test_profile_sni_setting_applies_and_the_job_overrides_it(
     tmp_path: Path, server_pki: ServerPKI, nginx_ports: NginxPorts
 ) -> None:
     config = tls_config(tmp_path, server_pki, **{f"{P}.one.sni": "false"})
-    engine = Engine(config)
-    try:
+    async with running_engine(config) as engine:
         url = f"https://alpha.test:{nginx_ports.sni}/echo"
         assert kind(await call(engine, url)) == "sni_required"
         assert echo(await call(engine, url, sni=True))["sni"] == "alpha.test"
-    finally:
-        await engine.close()
 
 
 async def test_global_sni_off_applies_to_profiles_without_a_setting(
     tmp_path: Path, server_pki: ServerPKI, nginx_ports: NginxPorts
 ) -> None:
     config = tls_config(tmp_path, server_pki, **{"glide.outbound.tls_sni.enabled": "false"})
-    engine = Engine(config)
-    try:
+    async with running_engine(config) as engine:
         url = f"https://alpha.test:{nginx_ports.plain}/echo"
         assert echo(await call(engine, url))["sni"] == ""
-    finally:
-        await engine.close()
 
 
 async def test_untrusted_server_names_the_issuer(engine: Engine, nginx_ports: NginxPorts) -> None:
@@ -282,14 +240,11 @@ async def test_profile_url_scheme_uses_the_profile_and_its_port(
     tmp_path: Path, server_pki: ServerPKI, nginx_ports: NginxPorts
 ) -> None:
     config = tls_config(tmp_path, server_pki, **{f"{P}.two.port": str(nginx_ports.sni)})
-    engine = Engine(config)
-    try:
+    async with running_engine(config) as engine:
         job = {"id": "p", "topic": "RESTProbe", "endpoint": "two://beta.test/echo"}
         seen = echo(await engine.run(Job.from_dict(job)))
         assert seen["sni"] == "beta.test" and seen["client_dn"].startswith("CN=client-two")
         assert seen["port"] == str(nginx_ports.sni)
-    finally:
-        await engine.close()
 
 
 async def test_connections_are_never_shared_across_certificates(

@@ -14,8 +14,9 @@ from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import load_config
 from agent.engine.engine import Engine
 from agent.http.transport import Network, Transport
-from agent.jobs.model import Job
-from tests.conftest import PKI, profile_config
+from tests.support.configs import profile_config
+from tests.support.jobs import make_job
+from tests.support.pki import PKI
 
 
 @pytest.fixture
@@ -43,17 +44,6 @@ async def ports() -> AsyncIterator[list[int]]:
         await runner.cleanup()
 
 
-def job(job_id: str, port: int, profile: str) -> Job:
-    return Job.from_dict(
-        {
-            "id": job_id,
-            "topic": "RESTProbe",
-            "endpoint": f"https://alpha.test:{port}/echo",
-            "protocol_profile": profile,
-        }
-    )
-
-
 async def test_identities_share_the_pool_but_never_a_connection(
     tmp_path: Path, pki: PKI, mtls_server: DemoServer
 ) -> None:
@@ -63,7 +53,9 @@ async def test_identities_share_the_pool_but_never_a_connection(
     try:
         for i in range(3):
             for profile in ("partner", "two"):
-                result = await engine.run(job(f"{profile}-{i}", mtls_server.port, profile))
+                result = await engine.run(
+                    make_job(f"{profile}-{i}", mtls_server.port, profile=profile)
+                )
                 assert result.state == "processed" and result.tls is not None
                 expected = "client-one" if profile == "partner" else "client-two"
                 assert result.tls.client_certificate is not None
@@ -124,13 +116,13 @@ async def test_rotated_material_closes_its_idle_connections_and_the_next_job_rec
     connections: list[bool] = []
     engine.transport.on_connection.append(connections.append)
     try:
-        await engine.run(job("first", mtls_server.port, "partner"))
+        await engine.run(make_job("first", mtls_server.port, profile="partner"))
         assert engine.transport.idle_connections == 1
         identities = engine.state.identities
         old = await identities.for_profile(identities.profiles["partner"])
         identities.replace_profile("partner", old.material)  # as a renewed certificate does
         assert engine.transport.idle_connections == 0
-        await engine.run(job("second", mtls_server.port, "partner"))
+        await engine.run(make_job("second", mtls_server.port, profile="partner"))
         assert connections == [True, True]
     finally:
         await engine.close()

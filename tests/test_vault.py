@@ -21,11 +21,12 @@ from agent.credentials.sources import ProfileMaterial
 from agent.credentials.vault import Vault, parse_pki
 from agent.engine.engine import Engine
 from agent.errors import VaultError
-from agent.jobs.model import Job
 from agent.jobs.results import Result
 from agent.tls.identities import Identities
-from tests.conftest import P12_PASSWORD, PKI, write_config
-from tests.openbao import OpenBao, openbao_fixture, openbao_tls_fixture  # noqa: F401
+from tests.support.configs import write_config
+from tests.support.jobs import make_job
+from tests.support.openbao import OpenBao, openbao_fixture, openbao_tls_fixture  # noqa: F401
+from tests.support.pki import P12_PASSWORD, PKI
 
 P = "mid.httpclient.protocol"
 V = "ext.cred.hashicorp.vault"
@@ -309,17 +310,6 @@ async def engine(
         await eng.close()
 
 
-def echo_job(job_id: str, port: int, profile: str) -> Job:
-    return Job.from_dict(
-        {
-            "id": job_id,
-            "topic": "RESTProbe",
-            "endpoint": f"https://alpha.test:{port}/echo",
-            "protocol_profile": profile,
-        }
-    )
-
-
 def seen_client(result: Result) -> str:
     assert result.state == "processed" and result.status == 200, result.error
     assert result.body is not None
@@ -339,12 +329,12 @@ async def test_mtls_call_with_a_keystore_from_the_vault(
         f"{V}.token": openbao.root_token,
     }
     async with engine(tmp_path, params, None) as (caller, _):
-        result = await caller.run(echo_job("vault-kv-1", mtls_server.port, "vaulted"))
+        result = await caller.run(make_job("vault-kv-1", mtls_server.port, profile="vaulted"))
         # a job names profiles only: there is no way to hand it a vault path of its own
-        stray = await caller.run(echo_job("vault-kv-2", mtls_server.port, "agent/other"))
+        stray = await caller.run(make_job("vault-kv-2", mtls_server.port, profile="agent/other"))
         openbao.stop()
-        down = await caller.run(echo_job("vault-kv-3", mtls_server.port, "later"))
-        still = await caller.run(echo_job("vault-kv-4", mtls_server.port, "vaulted"))
+        down = await caller.run(make_job("vault-kv-3", mtls_server.port, profile="later"))
+        still = await caller.run(make_job("vault-kv-4", mtls_server.port, profile="vaulted"))
     assert seen_client(result) == pki.client_one.subject
     assert result.tls.client_certificate == pki.client_one.subject
     assert mtls_server.requests[0]["client"] == pki.client_one.subject
@@ -375,12 +365,12 @@ async def test_pki_certificate_is_accepted_and_renewed_into_new_connections(
         renewed.put_nowait(material)
 
     async with engine(tmp_path, params, on_renew) as (caller, credentials):
-        first = await caller.run(echo_job("vault-pki-1", mtls_server.port, "issued"))
+        first = await caller.run(make_job("vault-pki-1", mtls_server.port, profile="issued"))
         assert seen_client(first) == "CN=agent-from-vault"
         old = await credentials.for_profile(credentials.profiles["issued"])
         new_material = await renewed.get()
         new = await credentials.for_profile(credentials.profiles["issued"])
-        second = await caller.run(echo_job("vault-pki-2", mtls_server.port, "issued"))
+        second = await caller.run(make_job("vault-pki-2", mtls_server.port, profile="issued"))
     assert seen_client(second) == "CN=agent-from-vault"
     assert old.material.client is not None and new_material.client is not None
     assert new.key != old.key and new.material is new_material
@@ -389,7 +379,7 @@ async def test_pki_certificate_is_accepted_and_renewed_into_new_connections(
 
 
 async def test_an_unreachable_vault_is_not_blamed_on_the_token() -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     async with Vault(VaultConfig(address, token="s.never-shown")) as vault:

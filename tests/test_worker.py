@@ -22,7 +22,8 @@ from agent.queues.base import Claim, Exchange
 from agent.queues.journal import Journal
 from agent.queues.sqlite import SqliteQueue
 from agent.worker.worker import Worker
-from tests.conftest import PKI, profile_config
+from tests.support.configs import profile_config
+from tests.support.pki import PKI
 
 
 def slow_job(job_id: str, port: int) -> Job:

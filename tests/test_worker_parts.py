@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from agent.errors import QueueError
-from agent.jobs.model import Job
 from agent.jobs.results import Result
 from agent.queues.journal import Journal
 from agent.queues.sqlite import SqliteQueue
@@ -17,12 +16,7 @@ from agent.worker.backlog import PREFETCH_MAX_FACTOR, Backlog
 from agent.worker.delivery import Delivery
 from agent.worker.leases import Leases
 from agent.worker.stats import Stats
-
-
-def job(job_id: str) -> Job:
-    return Job.from_dict(
-        {"id": job_id, "topic": "RESTProbe", "endpoint": "https://alpha.test/echo"}
-    )
+from tests.support.jobs import make_job
 
 
 @pytest.fixture
@@ -47,7 +41,7 @@ def test_the_backlog_grows_to_four_trips_at_once_and_shrinks_by_one_percent_a_tr
 async def test_a_lease_lost_before_its_job_started_leaves_the_backlog(
     queue: SqliteQueue,
 ) -> None:
-    await queue.enqueue([job("a"), job("b")])
+    await queue.enqueue([make_job("a", profile=None), make_job("b", profile=None)])
     ours = await queue.claim("agent-1", 2, lease_seconds=0)  # lapsed as soon as taken
     leases, backlog = Leases(queue, lambda: 60.0), Backlog()
     leases.hold(ours)
@@ -61,7 +55,7 @@ async def test_a_lease_lost_before_its_job_started_leaves_the_backlog(
 async def test_results_the_queue_cannot_take_are_journaled_then_delivered(
     tmp_path: Path, queue: SqliteQueue
 ) -> None:
-    await queue.enqueue([job("kept")])
+    await queue.enqueue([make_job("kept", profile=None)])
     (claim,) = await queue.claim("agent-1", 1, lease_seconds=60)
     journal = Journal(tmp_path / "journal.db")
     stats = Stats()
@@ -80,7 +74,7 @@ async def test_results_the_queue_cannot_take_are_journaled_then_delivered(
 
 
 async def test_without_a_journal_a_result_not_stored_is_not_kept(queue: SqliteQueue) -> None:
-    await queue.enqueue([job("lost")])
+    await queue.enqueue([make_job("lost", profile=None)])
     (claim,) = await queue.claim("agent-1", 1, lease_seconds=60)
     delivery = Delivery(queue, Stats())
     result = Result(id="lost", state="processed", status=200)

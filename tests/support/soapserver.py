@@ -36,8 +36,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from aiohttp import web
 
-from tests.conftest import write_config
-from tests.servers import Managed, Nginx, ServerPKI, free_port, sni_port
+from tests.support.configs import write_config
+from tests.support.servers import Managed, Nginx, ServerPKI, free_port, sni_port
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # cgi deprecation, six's importer (see docstring)
@@ -191,7 +191,7 @@ class SoapBackend(Managed):
 def soap_nginx(pki: ServerPKI, directory: Path, backend: SoapBackend) -> Iterator[Nginx]:
     """nginx (``sni_port`` layout) in front of ``backend``; its TLS port is ``ports[0]``.
 
-    ``/echo``, ``/raw`` etc. (tests/servers.py) are served by nginx itself; everything else,
+    ``/echo``, ``/raw`` etc. (tests/support/servers.py) are served by nginx itself; everything else,
     ``/soap11`` and ``/soap12`` included, goes to the backend.
     """
     port = free_port()

@@ -3,7 +3,7 @@ connection open: the kind of peer a request-smuggling job would exploit.
 
 Each request is answered with JSON saying which connection it came on and in what order, and
 what the server read (method, path, body), so a test can tell whether a body was read as a
-second request. Certificates come from :class:`tests.servers.ServerPKI`.
+second request. Certificates come from :class:`tests.support.servers.ServerPKI`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from tests.servers import ServerPKI
+from tests.support.servers import ServerPKI
 
 
 @dataclass
