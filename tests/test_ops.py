@@ -18,7 +18,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.commands.cli import build_parser
 from agent.commands.demo.demoserver import DemoServer
@@ -26,6 +25,7 @@ from agent.config.config import AgentConfig
 from agent.service.notify import Notifier
 from tests.support.cli import agent_cmd, arun_agent, log_line
 from tests.support.configs import profile_config, write_config
+from tests.support.health import free_port, get, samples, wait_ready
 from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(90)
@@ -208,43 +208,6 @@ async def test_notifier_speaks_to_abstract_sockets_and_respects_watchdog_pid() -
 
 
 # ------------------------------------------------------------------------ health and metrics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def get(url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        return resp.status, await resp.text()
-
-
-async def wait_ready(base: str, proc: asyncio.subprocess.Process) -> tuple[int, dict[str, object]]:
-    """Poll /readyz until the first certificate check and claim are done (or the agent exits)."""
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.returncode is None, "the agent exited"
-        try:
-            status, text = await get(f"{base}/readyz")
-        except aiohttp.ClientConnectionError:
-            status, text = 0, "{}"
-        body = json.loads(text)
-        pending = [r for r in body.get("reasons", []) if "not" in r and "yet" in r or "first" in r]
-        if status and not pending:
-            return status, body
-        assert time.monotonic() < deadline, f"not settled: {status} {text}"
-        await asyncio.sleep(0.1)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def healthcheck_command() -> list[str]:

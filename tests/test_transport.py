@@ -13,8 +13,10 @@ from aiohttp import web
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import load_config
 from agent.engine.engine import Engine
+from agent.errors import ConfigError
 from agent.http.transport import Network, Transport
 from tests.support.configs import profile_config
+from tests.support.engines import running_engine
 from tests.support.jobs import make_job
 from tests.support.pki import PKI
 
@@ -71,8 +73,8 @@ async def test_identities_share_the_pool_but_never_a_connection(
 async def test_idle_connections_over_the_bound_close_least_recently_used_first(
     ports: list[int],
 ) -> None:
-    transport = Transport(max_idle=2)
-    network = Network()
+    transport = Transport()
+    network = Network(max_idle=2)
     transport.use(network)
     try:
         async with transport.session(network) as session:
@@ -126,3 +128,32 @@ async def test_rotated_material_closes_its_idle_connections_and_the_next_job_rec
         assert connections == [True, True]
     finally:
         await engine.close()
+
+
+async def test_config_xml_bounds_the_idle_connections(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    """``agent.http.max_idle_connections=0``: no connection is kept, so every job handshakes."""
+    extra = {"agent.http.max_idle_connections": "0", "agent.http.idle_seconds": "5"}
+    config = load_config(profile_config(tmp_path, pki, mtls_server.port, **extra), env={})
+    async with running_engine(config) as engine:
+        network = engine.state.call.network
+        assert (network.max_idle, network.idle_seconds) == (0, 5.0)
+        connections: list[bool] = []
+        engine.transport.on_connection.append(connections.append)
+        for i in range(3):
+            result = await engine.run(make_job(f"unkept-{i}", mtls_server.port))
+            assert result.status == 200, result
+        assert connections == [True, True, True]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("agent.http.max_idle_connections", "-1"), ("agent.http.idle_seconds", "never")],
+)
+def test_a_bad_idle_bound_is_refused_naming_the_parameter(
+    tmp_path: Path, pki: PKI, name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(profile_config(tmp_path, pki, 443, **{name: value}), env={})
+    assert name in str(caught.value)

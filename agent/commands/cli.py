@@ -1,4 +1,5 @@
-"""The command line: ``agent run | enqueue | result | call | demo | validate | sni-check``.
+"""The command line: ``agent run | enqueue | result | call | demo | validate | sni-check |
+status``.
 
 Exit codes follow the contract. A config that cannot be used exits 2 with one line, no traceback.
 """
@@ -234,6 +235,13 @@ def cmd_sni_check(args: argparse.Namespace) -> int:
     return asyncio.run(run_sni_check(config, args.url, profile=args.profile))
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.commands.status import run_status
+
+    config = _load(args)
+    return asyncio.run(run_status(config, as_json=args.json))
+
+
 CONFIG_EXIT = "2 when config.xml cannot be used (or the file -c/$AGENT_CONFIG names is missing)"
 EPILOGS = {
     "run": f"exit codes: 0 after a clean stop (SIGTERM/SIGINT drains, SIGHUP reloads); "
@@ -249,6 +257,9 @@ EPILOGS = {
     "sni-check": "exit codes: 0 the handshake the config would make succeeds, the server is "
     "trusted and carries the name; 1 a problem found (SNI, trust, name, client certificate "
     "refused); 2 the config is unusable or the target cannot be reached",
+    "status": "exit codes: 0 healthy; 1 degraded (not ready, or a client certificate within "
+    "mid.cert.expiry.warn_days); 2 unreachable (the daemon on agent.health.listen, or the queue) "
+    "or config.xml unusable",
 }
 MAIN_EPILOG = """\
 config: -c/--config FILE, else $AGENT_CONFIG, else ./config.xml. A file named by -c or
@@ -327,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the URL's <profile>://, else none and the system CAs)",
     )
     p.set_defaults(fn=cmd_sni_check)
+    p = _command(sub, common, "status", "the running agent's summary: queue, errors, profiles")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(fn=cmd_status)
     return parser
 
 

@@ -209,6 +209,8 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "agent.max_response_bytes": ("max_response_bytes", _int(1024, 2**40)),
     "agent.max_job_bytes": ("max_job_bytes", _int(1024, 2**30)),
     "agent.workers": ("workers", _int(1, 64)),
+    "agent.http.max_idle_connections": ("max_idle_connections", _int(0, 1_000_000)),
+    "agent.http.idle_seconds": ("idle_seconds", _float(0.1, 86400)),
     "agent.journal.path": ("journal_path", as_text),
 }
 PROXY_KEYS = {

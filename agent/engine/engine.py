@@ -41,6 +41,7 @@ class Engine:
         self.vault: Vault | None = None  # opened on the first profile that needs it
         self.on_vault_error: list[Callable[[], None]] = []
         self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
+        self.on_renewal_failed: list[Callable[[str], None]] = []  # with the profile's name
         self._state = self._assemble(config, None)
         self.transport.use(self._state.call.network)
 
@@ -91,7 +92,9 @@ class Engine:
             )
 
             try:
-                vault = Vault(settings, on_renew=self._renewed)
+                vault = Vault(
+                    settings, on_renew=self._renewed, on_renew_failed=self._renewal_failed
+                )
             except ConfigError as exc:
                 raise VaultError(f"profile {profile.name}: {exc.message}") from None
             await vault.start()
@@ -111,6 +114,10 @@ class Engine:
             log.info("profile %s: renewed certificate from the vault in force", name)
         for callback in self.on_vault_renew:
             callback(name, material)
+
+    def _renewal_failed(self, name: str) -> None:
+        for callback in self.on_renewal_failed:
+            callback(name)
 
     async def check_vault(self) -> None:
         """Raise VaultError unless the vault (when profiles use it) answers: for readiness."""

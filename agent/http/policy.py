@@ -68,7 +68,12 @@ def call_state(config: AgentConfig, identities: Identities) -> CallState:
         identities=identities,
         sni_enabled=config.sni_enabled,
         proxy=config.proxy,
-        network=Network(MappingProxyType(dict(config.resolve)), address_allow_list(config)),
+        network=Network(
+            MappingProxyType(dict(config.resolve)),
+            address_allow_list(config),
+            max_idle=config.max_idle_connections,
+            idle_seconds=config.idle_seconds,
+        ),
         name_allow=allow,
         max_response_bytes=config.max_response_bytes,
     )

@@ -41,8 +41,8 @@ log = logging.getLogger("agent.transport")
 
 # Idle kept-alive connections, over all identities. Each costs some 30 KiB (OpenSSL and buffers);
 # beyond this many the least recently used close, and their identity reconnects when next used.
-MAX_IDLE = 4096
-IDLE_SECONDS = 30.0  # an idle connection closes after this long
+MAX_IDLE = 256  # idle connections kept over all identities (agent.http.max_idle_connections)
+IDLE_SECONDS = 30.0  # an idle connection closes after this long (agent.http.idle_seconds)
 
 # What an answer's head may hold. aiohttp's parser enforces the first three and the call checks
 # the total (``head_too_large``); an answer beyond them ends with ``response_too_large``. Real
@@ -125,6 +125,8 @@ class Network:
 
     resolve: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     allow: AllowList | None = None
+    max_idle: int = MAX_IDLE  # agent.http.max_idle_connections
+    idle_seconds: float = IDLE_SECONDS  # agent.http.idle_seconds
 
 
 class _Pool:
@@ -150,14 +152,13 @@ class Transport:
     aiohttp pools connections under a key that holds the SSL context and the SNI name, and
     every identity has SSL contexts of its own, so a connection opened with one client
     certificate and trust store only ever serves jobs of that identity. Idle connections are
-    bounded in number (``max_idle``, the least recently used close first) and in time
-    (``idle_seconds``), not by identity: thousands of identities keep their connections warm.
-    It keeps no configuration: each ``acquire`` names the network its session must use.
+    bounded in number (the network's ``max_idle``, the least recently used close first) and in
+    time (``idle_seconds``), not by identity: as many identities as the bound allows keep their
+    connections warm. It keeps no configuration: each ``acquire`` names the network its session
+    must use.
     """
 
-    def __init__(self, *, max_idle: int = MAX_IDLE, idle_seconds: float = IDLE_SECONDS) -> None:
-        self.max_idle = max_idle
-        self.idle_seconds = idle_seconds
+    def __init__(self) -> None:
         self._current: Network | None = None  # the network of the state in force
         self._pools: dict[int, _Pool] = {}  # by id of their network (each pool holds it)
         self._closing: set[asyncio.Task[None]] = set()
@@ -195,12 +196,12 @@ class Transport:
 
     def _new_session(self, network: Network) -> aiohttp.ClientSession:
         connector = WatchedConnector(
-            max_idle=self.max_idle,
+            max_idle=network.max_idle,
             limit=0,
             resolver=AllowingResolver(StaticResolver(network.resolve), network.allow),
             ttl_dns_cache=10,
             enable_cleanup_closed=False,
-            keepalive_timeout=self.idle_seconds,
+            keepalive_timeout=network.idle_seconds,
         )
         return aiohttp.ClientSession(
             connector=connector,

@@ -30,6 +30,24 @@ from agent.jobs.secrets import merge_secrets, split_secrets
 State = Literal["ready", "processing", "processed", "error"]
 
 
+STATES = ("ready", "processing", "processed", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSummary:
+    """Jobs by state (every state present, zero when none) and how long the oldest job
+    waiting to be claimed has waited (None: none waiting)."""
+
+    by_state: dict[str, int]
+    oldest_waiting_seconds: float | None
+
+    @classmethod
+    def of(cls, counts: dict[str, int], oldest: float | None) -> QueueSummary:
+        by_state = {state: int(counts.get(state, 0)) for state in STATES}
+        waited = None if oldest is None else max(0.0, round(oldest, 3))
+        return cls(by_state, waited)
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job claimed by this agent, with the fencing token of this claim.
@@ -272,6 +290,11 @@ class Queue(abc.ABC):
 
     async def depth(self) -> int | None:
         """Jobs waiting in ``ready``, where the backend can tell."""
+        summary = await self.summary()
+        return None if summary is None else summary.by_state["ready"]
+
+    async def summary(self) -> QueueSummary | None:
+        """Jobs by state and the oldest waiting job's age, where the backend can tell."""
         return None
 
 

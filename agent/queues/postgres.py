@@ -44,6 +44,7 @@ from agent.queues.base import (
     Exchange,
     JobStatus,
     Queue,
+    QueueSummary,
     claim_of,
     different_content,
     dumps,
@@ -331,9 +332,14 @@ class PostgresQueue(Queue):
         result = Result.from_dict(json.loads(row[1])) if row[1] else None
         return JobStatus(job_id, row[0], result)
 
-    async def depth(self) -> int | None:
-        count: int = await self._db(
-            "depth",
-            lambda pool: pool.fetchval("SELECT count(*) FROM agent_jobs WHERE state = 'ready'"),
+    async def summary(self) -> QueueSummary | None:
+        rows = await self._db(
+            "summary",
+            lambda pool: pool.fetch(
+                "SELECT state, count(*), extract(epoch FROM now() - min(created))::float8"
+                " FROM agent_jobs GROUP BY state"
+            ),
         )
-        return count
+        counts = {row[0]: row[1] for row in rows}
+        oldest = next((row[2] for row in rows if row[0] == "ready"), None)
+        return QueueSummary.of(counts, oldest)

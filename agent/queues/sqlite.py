@@ -39,6 +39,7 @@ from agent.queues.base import (
     Exchange,
     JobStatus,
     Queue,
+    QueueSummary,
     claim_sealed,
     different_content,
     dumps,
@@ -54,6 +55,7 @@ from agent.queues.sqlite_sql import (
     READ_CLAIMED,
     SCHEMA,
     STORE_RESULTS,
+    SUMMARY,
 )
 
 log = logging.getLogger("agent.queues.sqlite")
@@ -386,11 +388,11 @@ class SqliteQueue(Queue):
         parsed = Result.from_dict(json.loads(result)) if result else None
         return JobStatus(job_id, state, parsed)  # type: ignore[arg-type]
 
-    async def depth(self) -> int | None:
-        def count() -> int:
-            n: int = self.db.execute("SELECT count(*) FROM jobs WHERE state = 'ready'").fetchone()[
-                0
-            ]
-            return n
+    async def summary(self) -> QueueSummary | None:
+        def read() -> QueueSummary:
+            rows = self.db.execute(SUMMARY).fetchall()
+            counts = {state: n for state, n, _ in rows}
+            oldest = next((first for state, _, first in rows if state == "ready"), None)
+            return QueueSummary.of(counts, None if oldest is None else time.time() - oldest)
 
-        return await self._run(count)
+        return await self._run(read)

@@ -89,3 +89,6 @@ WHERE NOT EXISTS (
         AND jobs.token = json_extract(r.value, '$[1]') AND jobs.updated = ?1
         AND jobs.state = json_extract(r.value, '$[2]'))
 """
+
+# jobs by state, and the oldest job created in each state (for ``summary``)
+SUMMARY = "SELECT state, count(*), min(created) FROM jobs GROUP BY state"

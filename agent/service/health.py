@@ -6,6 +6,8 @@
   found no expired client certificate, and every pluggable check (the vault, when profiles use
   it) passes; otherwise 503 with ``{"ready": false, "reasons": [...]}``.
 - ``/metrics`` is the Prometheus text format of ``agent.metrics``.
+- ``/status`` is a page for people (``agent.service.status_page``), ``/status.json`` the same
+  summary for programs and ``agent status`` (``agent.service.status``).
 
 Under ``agent.workers`` > 1 only worker 0 (``AGENT_WORKER_INDEX`` unset or ``0``) listens: the
 port can be bound once. Its ``/metrics`` adds up all workers' values (see ``agent.metrics``).
@@ -21,12 +23,14 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from agent.credentials.inspect import ProfileReport
 from agent.errors import AgentError, ServiceError
 from agent.service.metrics import CONTENT_TYPE, Metrics
+from agent.service.status_page import render
 
 log = logging.getLogger("agent.health")
 
@@ -113,11 +117,14 @@ class HealthServer:
         readiness: Readiness,
         metrics: Metrics,
         refresh: Callable[[], Awaitable[None]] | None = None,
+        *,
+        status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.listen = listen
         self.readiness = readiness
         self.metrics = metrics
         self.refresh = refresh  # updates gauges (queue depth) before a scrape
+        self.status = status  # the summary behind /status and /status.json
         self._runner: web.AppRunner | None = None
 
     def _app(self) -> web.Application:
@@ -125,6 +132,9 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        if self.status is not None:
+            app.router.add_get("/status", self._status_page)
+            app.router.add_get("/status.json", self._status_json)
         return app
 
     async def start(self) -> None:
@@ -142,7 +152,9 @@ class HealthServer:
                 f"health server: cannot listen on {host}:{port} (agent.health.listen): {reason}"
             ) from None
         self._runner = runner
-        log.info("health and metrics on http://%s:%d (/healthz, /readyz, /metrics)", host, port)
+        log.info(
+            "health and metrics on http://%s:%d (/healthz, /readyz, /metrics, /status)", host, port
+        )
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -168,3 +180,20 @@ class HealthServer:
             except Exception as exc:  # noqa: BLE001 - stale gauges beat a failed scrape
                 log.debug("metrics refresh failed: %s", exc)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _status_json(self, _: web.Request) -> web.Response:
+        assert self.status is not None
+        return web.Response(
+            text=json.dumps(await self.status(), indent=1),
+            content_type="application/json",
+            headers=NO_STORE,
+        )
+
+    async def _status_page(self, _: web.Request) -> web.Response:
+        assert self.status is not None
+        page = render(await self.status())
+        return web.Response(text=page, content_type="text/html", headers=NO_STORE)
+
+
+# The status changes by the second, and says what the agent runs: no cache keeps a copy.
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}

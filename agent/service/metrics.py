@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent.jobs.results import Result
+from agent.queues.base import QueueSummary
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -73,6 +75,53 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.vault_errors = Counter("agent_vault_errors", "Vault requests that failed", registry=r)
+        self.cert_warn_days = Gauge(
+            "agent_client_certificate_warn_days",
+            "mid.cert.expiry.warn_days: warn this many days before a client certificate expires",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.renewal_failures = Counter(
+            "agent_certificate_renewal_failures",
+            "Vault PKI certificate renewals that failed (the current certificate is kept)",
+            ["profile"],
+            registry=r,
+        )
+        self.lease_losses = Counter(
+            "agent_lease_losses", "Claims another agent took over before their result", registry=r
+        )
+        self.queue_reachable = Gauge(
+            "agent_queue_reachable",
+            "1 when the last claim at the queue succeeded, else 0",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.queue_jobs = Gauge(
+            "agent_queue_jobs",
+            "Jobs in the queue by state (where the backend can tell)",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.queue_oldest = Gauge(
+            "agent_queue_oldest_job_age_seconds",
+            "How long the oldest job waiting in the queue has waited (0: none waiting)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info = Gauge(
+            "agent_build_info",
+            "Always 1; the agent's version as a label",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.start_time = Gauge(
+            "agent_start_time_seconds",
+            "When the agent process started (Unix time)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self._job_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def job_done(self, topic: str, result: Result, seconds: float) -> None:
@@ -89,6 +138,7 @@ class Metrics:
         (self.handshakes if new else self.reused).inc()
 
     def claimed(self, seconds: float, failed: bool) -> None:
+        self.queue_reachable.set(0 if failed else 1)
         if failed:
             self.claim_failures.inc()
         else:
@@ -97,6 +147,20 @@ class Metrics:
     def set_depth(self, depth: int | None) -> None:
         if depth is not None:
             self.queue_depth.set(depth)
+
+    def set_queue(self, summary: QueueSummary | None) -> None:
+        """Jobs by state and the oldest waiting job's age, where the backend can tell."""
+        if summary is None:
+            return
+        for state, count in summary.by_state.items():
+            self.queue_jobs.labels(state).set(count)
+        self.queue_depth.set(summary.by_state.get("ready", 0))
+        self.queue_oldest.set(round(summary.oldest_waiting_seconds or 0.0, 3))
+
+    def started(self, version: str, warn_days: int) -> None:
+        self.build_info.labels(version).set(1)
+        self.start_time.set(round(time.time(), 3))
+        self.cert_warn_days.set(warn_days)
 
     def certificate(self, profile: str, not_after: dt.datetime | None) -> None:
         """Record the profile's expiry; a profile without a client certificate is left out."""
@@ -117,6 +181,9 @@ class Metrics:
     def forget_profile(self, profile: str) -> None:
         with contextlib.suppress(KeyError):
             self.cert_days.remove(profile)
+
+    def renewal_failed(self, profile: str) -> None:
+        self.renewal_failures.labels(profile).inc()
 
     def vault_error(self) -> None:
         self.vault_errors.inc()

@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from agent.config.config import AgentConfig
 from agent.config.secure import load_secure_config
@@ -23,12 +23,10 @@ from agent.queues.journal import Journal
 from agent.service.health import HealthServer, Readiness, serves_health
 from agent.service.metrics import Metrics, default_metrics
 from agent.service.notify import Notifier
+from agent.service.status import StatusBoard, agent_version, status_of_queue
 from agent.tls.identities import Staged, stage
 from agent.tls.reports import collect_reports
 from agent.worker.worker import Worker
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("agent")
 
@@ -76,6 +74,7 @@ class Daemon:
             on_result=self._job_done,
             on_claim=self._claimed,
         )
+        self.worker.leases.on_lost = self.metrics.lease_losses.inc
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         log.info(
@@ -142,11 +141,16 @@ class Daemon:
         self.on_report.append(self._observe_report)
         self.engine.transport.on_connection.append(self.metrics.connection)
         self.engine.on_vault_error.append(self.metrics.vault_error)
+        self.engine.on_renewal_failed.append(self.metrics.renewal_failed)
+        self.board = StatusBoard()
+        self.metrics.started(agent_version(), self.config.cert_warn_days)
 
     async def _start_operations(self) -> None:
         listen = self.config.health_listen
         if listen is not None and serves_health(os.environ.get("AGENT_WORKER_INDEX")):
-            self.health = HealthServer(listen, self.readiness, self.metrics, self._refresh)
+            self.health = HealthServer(
+                listen, self.readiness, self.metrics, self._refresh, status=self.status
+            )
             await self.health.start()
         self._operations = [
             asyncio.create_task(self._announce_ready(), name="notify-ready"),
@@ -179,10 +183,25 @@ class Daemon:
 
     async def _refresh(self) -> None:
         if self.queue is not None:
-            self.metrics.set_depth(await self.queue.depth())
+            self.metrics.set_queue(await self.queue.summary())
+
+    async def status(self) -> dict[str, Any]:
+        """``/status.json``: the agent, its queue, recent errors and every profile."""
+        queue: dict[str, Any] = {"available": False, "reason": "the queue is not open yet"}
+        if self.queue is not None:
+            try:
+                summary = await asyncio.wait_for(self.queue.summary(), 5.0)
+            except (QueueError, TimeoutError) as exc:
+                queue["reason"] = f"the queue does not answer: {exc or 'no answer within 5 s'}"
+            else:
+                queue = status_of_queue(summary)
+        running = self.worker.in_flight if self.worker is not None else 0
+        reasons = await self.readiness.reasons()
+        return self.board.snapshot(self.config, queue=queue, reasons=reasons, running=running)
 
     def _job_done(self, claim: Claim, result: Result, seconds: float) -> None:
         self.metrics.job_done(claim.job.topic, result, seconds)
+        self.board.job_done(claim.job.topic, result)
 
     def _claimed(self, seconds: float, error: QueueError | None) -> None:
         self.metrics.claimed(seconds, error is not None)
@@ -191,6 +210,7 @@ class Daemon:
     def _observe_report(self, report: ProfileReport) -> None:
         self.metrics.certificate(report.name, report.not_after)
         self.readiness.certificate(report)
+        self.board.report(report)
 
     def _stop_signal(self) -> None:
         assert self.worker is not None
@@ -261,6 +281,8 @@ class Daemon:
         logging.getLogger().setLevel(level_of(new.log_level))
         self.readiness.stale_after = _stale_after(new)
         self.readiness.keep_profiles(set(new.profiles))
+        self.board.keep_profiles(set(new.profiles))
+        self.metrics.cert_warn_days.set(new.cert_warn_days)
         for name in set(self.metrics.cert_days_profiles()) - set(new.profiles):
             self.metrics.forget_profile(name)
         self._check_now.set()

@@ -23,6 +23,7 @@ class Leases:
         self.queue = queue
         self.lease_seconds = lease_seconds
         self._held: dict[str, Claim] = {}
+        self.on_lost: Callable[[int], None] | None = None  # told how many were lost
 
     def __len__(self) -> int:
         return len(self._held)
@@ -58,6 +59,8 @@ class Leases:
         # A claim whose result was stored (or that was released) meanwhile is not lost.
         lost = [c for c in lost if self._held.get(c.job.id) is c]
         dropped = backlog.drop({(c.job.id, c.token) for c in lost})
+        if lost and self.on_lost is not None:
+            self.on_lost(len(lost))
         for claim in lost:
             if (claim.job.id, claim.token) in dropped:
                 self.done(claim)

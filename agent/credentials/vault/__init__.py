@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent.config.config import ProfileConfig, VaultConfig
@@ -46,6 +47,7 @@ class Vault:
         *,
         on_renew: RenewCallback | None = None,
         on_auth: AuthCallback | None = None,
+        on_renew_failed: Callable[[str], object] | None = None,
     ) -> None:
         if not config.address:
             raise ConfigError(
@@ -63,7 +65,7 @@ class Vault:
         client = VaultClient(config, token=None if method.logs_in else config.token)
         self._session = Session(client, method, on_auth)
         self._held: dict[str, Held] = {}
-        self._renewals = Renewals(self._session, self._held, on_renew)
+        self._renewals = Renewals(self._session, self._held, on_renew, on_renew_failed)
 
     @property
     def logins(self) -> int:

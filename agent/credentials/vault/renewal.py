@@ -40,11 +40,16 @@ class Renewals:
     """Keeps the session's token and the held PKI certificates fresh."""
 
     def __init__(
-        self, session: Session, held: dict[str, Held], on_renew: RenewCallback | None
+        self,
+        session: Session,
+        held: dict[str, Held],
+        on_renew: RenewCallback | None,
+        on_failure: Callable[[str], object] | None = None,
     ) -> None:
         self.session = session
         self.held = held  # by profile name; shared with the ``Vault`` that loads it
         self.on_renew = on_renew  # called with (profile name, new material) after a renewal
+        self.on_failure = on_failure  # called with the profile name after a failed renewal
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         session.on_lease = self.wake
@@ -101,6 +106,8 @@ class Renewals:
             material = await issue(self.session, profile, profile.vault_pki)
         except Exception as exc:  # noqa: BLE001 - keep the current certificate, try again later
             held.renew_at = time.time() + retry_delay(expiry(held.material))
+            if self.on_failure is not None:
+                self.on_failure(name)
             if not isinstance(exc, VaultError | KeystoreError):
                 log.exception("profile %s: renewing the vault certificate failed", name)
             log.warning("%s; keeping the current certificate of profile %s", exc, name)
