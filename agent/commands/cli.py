@@ -323,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, common, "demo", "run end to end on embedded defaults (no config needed)")
     p.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
     p.set_defaults(fn=cmd_demo)
+    _inspection_commands(sub, common)
+    return parser
+
+
+def _inspection_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """The commands that look and change nothing: validate, sni-check, status."""
     p = _command(sub, common, "validate", "check config.xml and every keystore and truststore")
     p.add_argument("--profile", metavar="P", help="check only protocol profile P (any letter case)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -341,7 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, common, "status", "the running agent's summary: queue, errors, profiles")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=cmd_status)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

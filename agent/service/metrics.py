@@ -32,7 +32,13 @@ CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._job_metrics(self.registry)
+        self._queue_metrics(self.registry)
+        self._credential_metrics(self.registry)
+        self._service_metrics(self.registry)
+        self._job_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def _job_metrics(self, r: CollectorRegistry) -> None:
         self.jobs = Counter(
             "agent_jobs",
             "Jobs finished, by topic, outcome (processed | error) and error kind",
@@ -52,6 +58,8 @@ class Metrics:
         self.reused = Counter(
             "agent_connections_reused", "Requests sent on a kept-alive connection", registry=r
         )
+
+    def _queue_metrics(self, r: CollectorRegistry) -> None:
         self.claim_seconds = Histogram(
             "agent_queue_claim_seconds",
             "Time one claim took at the queue",
@@ -67,6 +75,8 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+
+    def _credential_metrics(self, r: CollectorRegistry) -> None:
         self.cert_days = Gauge(
             "agent_client_certificate_days_left",
             "Days until the profile's client certificate expires (negative: expired)",
@@ -87,6 +97,8 @@ class Metrics:
             ["profile"],
             registry=r,
         )
+
+    def _service_metrics(self, r: CollectorRegistry) -> None:
         self.lease_losses = Counter(
             "agent_lease_losses", "Claims another agent took over before their result", registry=r
         )
@@ -122,7 +134,6 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
-        self._job_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def job_done(self, topic: str, result: Result, seconds: float) -> None:
         kind = result.error.kind if result.error else ""
