@@ -11,6 +11,7 @@
     │   └── UnknownProfileError  names a profile config.xml lacks   kind: unknown_profile
     ├── KeystoreError          keystore/truststore unusable       kind: keystore
     ├── VaultError             the vault refused or is down       kind: vault
+    ├── CyberArkError          CyberArk CCP refused or is down    kind: cyberark
     └── CallError              no answer came from the endpoint   kind: one of CALL_KINDS
         ├── DestinationDenied                                     kind: destination_denied
         ├── TLSError           handshake failed                   kind: tls_handshake, sni_required,
@@ -44,6 +45,7 @@ class ErrorKind(enum.StrEnum):
     UNKNOWN_PROFILE = "unknown_profile"
     KEYSTORE = "keystore"
     VAULT = "vault"
+    CYBERARK = "cyberark"
     DESTINATION_DENIED = "destination_denied"
     DNS = "dns"
     CONNECT = "connect"
@@ -192,6 +194,13 @@ class KeystoreError(AgentError):
 
 class VaultError(AgentError):
     kind = ErrorKind.VAULT
+
+
+class CyberArkError(AgentError):
+    """CyberArk's Central Credential Provider refused, is down, or answered nonsense; the
+    message names the object and CCP's ErrorCode, never a value."""
+
+    kind = ErrorKind.CYBERARK
 
 
 class QueueError(AgentError):

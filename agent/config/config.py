@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config.cyberark import CyberArkConfig, check_cyberark_profile, cyberark_config
 from agent.config.parameters import (
     ENV_PREFIX,
     KEYSTORE_TYPES,
@@ -60,6 +61,18 @@ class ProfileConfig:
     wss_username: str | None = None
     wss_password: str | None = field(default=None, repr=False)
     wss_password_type: str = "text"
+    cyberark_password_id: str | None = None  # the keystore password is this CCP object's Content
+    cyberark_keystore_id: str | None = None  # the keystore (base64 Content) comes from CCP
+
+    @property
+    def store(self) -> str | None:
+        """Where the profile's material is fetched from at run time: ``vault``, ``cyberark``,
+        or None (files only, loaded when config.xml is)."""
+        if self.vault_path or self.vault_pki:
+            return "vault"
+        if self.cyberark_password_id or self.cyberark_keystore_id:
+            return "cyberark"
+        return None
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,7 @@ class AgentConfig:
     sni_enabled: bool = True
     profiles: Mapping[str, ProfileConfig] = field(default_factory=dict)
     vault: VaultConfig = field(default_factory=VaultConfig)
+    cyberark: CyberArkConfig = field(default_factory=CyberArkConfig)
     cert_warn_days: int = 30
     resolve: Mapping[str, str] = field(default_factory=dict)
     outbound_allow: tuple[str, ...] = ()
@@ -155,7 +169,8 @@ def from_parameters(
         raise ConfigError("must not be empty", parameter="name", line=params["name"].line)
     values["proxy"] = _proxy(params)
     values["vault"] = _vault(params, base_dir)
-    values["profiles"] = _profiles(params, base_dir)
+    values["cyberark"] = cyberark_config(params, base_dir)
+    values["profiles"] = _profiles(params, base_dir, values["cyberark"])
     return AgentConfig(**values, warnings=tuple(warnings))
 
 
@@ -190,7 +205,9 @@ def _vault(params: dict[str, Parameter], base: Path) -> VaultConfig:
     return VaultConfig(**got)
 
 
-def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConfig]:
+def _profiles(
+    params: dict[str, Parameter], base: Path, cyberark: CyberArkConfig
+) -> dict[str, ProfileConfig]:
     raw: dict[str, dict[str, Any]] = {}
     spelled: dict[str, tuple[str, Parameter]] = {}  # casefolded name → first spelling seen
     for name, p in params.items():
@@ -215,6 +232,7 @@ def _profiles(params: dict[str, Parameter], base: Path) -> dict[str, ProfileConf
     for profile, vals in raw.items():
         cfg = ProfileConfig(name=profile, **vals)
         _check_profile(cfg, params)
+        check_cyberark_profile(cfg, cyberark, params)
         out[profile] = cfg
     return out
 
@@ -234,7 +252,16 @@ def _check_spelling(spelled: dict[str, tuple[str, Parameter]], profile: str, p: 
 
 def _check_profile(cfg: ProfileConfig, params: dict[str, Parameter]) -> None:
     prefix = f"{PROFILE_PREFIX}{cfg.name}."
-    sources = [s for s in ("path", "vault_path", "vault_pki") if getattr(cfg, s)]
+    sources = [
+        key
+        for key, attr in (
+            ("path", "path"),
+            ("vault_path", "vault_path"),
+            ("vault_pki", "vault_pki"),
+            ("cyberark.keystore_id", "cyberark_keystore_id"),
+        )
+        if getattr(cfg, attr)
+    ]
     if len(sources) > 1:
         p = params.get(prefix + sources[1])
         raise ConfigError(

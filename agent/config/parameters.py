@@ -40,6 +40,8 @@ PROFILE_KEYS = {
     "vault_path": "vault_path",
     "vault_pki": "vault_pki",
     "vault_pki.common_name": "vault_pki_common_name",
+    "cyberark.password_id": "cyberark_password_id",
+    "cyberark.keystore_id": "cyberark_keystore_id",
     "wss.username": "wss_username",
     "wss.password": "wss_password",
     "wss.password_type": "wss_password_type",
@@ -213,6 +215,20 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "agent.http.idle_seconds": ("idle_seconds", _float(0.1, 86400)),
     "agent.journal.path": ("journal_path", as_text),
 }
+# CyberArk CCP, with the MID Server's names: parameter -> (CyberArkConfig attribute, converter)
+CYBERARK_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "ext.cred.use_cyberark": ("use", _bool),
+    "ext.cred.ccp_endpoint": ("endpoint", as_text),
+    "ext.cred.cyberark.cert_path": ("cert_path", as_text),
+    "ext.cred.cyberark.cert_password": ("cert_password", as_text),
+    "ext.cred.cyberark.truststore": ("truststore", as_text),
+    "ext.cred.app_id": ("app_id", as_text),
+    "ext.cred.safe_name": ("safe", as_text),
+    "ext.cred.safe_folder": ("folder", as_text),
+    "ext.cred.timeout": ("timeout", _float(0.1, 600)),
+    "ext.cred.verify_ssl": ("verify_ssl", _bool),
+    "ext.cred.cyberark.cache_seconds": ("cache_seconds", _float(1, 86400)),
+}
 PROXY_KEYS = {
     "mid.proxy.use_proxy": _bool,
     "mid.proxy.host": as_text,
@@ -256,6 +272,7 @@ def known_parameter(name: str) -> bool:
     return (
         name in TOP_LEVEL
         or name in PROXY_KEYS
+        or name in CYBERARK_KEYS
         or (name.startswith(VAULT_PREFIX) and name[len(VAULT_PREFIX) :] in VAULT_KEYS)
         or bool(PROFILE_RE.match(name))
     )

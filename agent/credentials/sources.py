@@ -32,8 +32,15 @@ class ProfileMaterial:
     notes: tuple[str, ...] = ()
 
 
-def load_file_profile(profile: ProfileConfig) -> ProfileMaterial:
-    """Read a config.xml profile's keystore, key and truststore files."""
+def load_file_profile(
+    profile: ProfileConfig,
+    *,
+    password: str | None = None,
+    keystore: tuple[str, bytes] | None = None,
+) -> ProfileMaterial:
+    """Read a config.xml profile's keystore, key and truststore files. ``password`` (for the
+    keystore) and ``keystore`` (where it came from, its bytes) stand in for ``.password`` and
+    ``.path`` when a credential store holds them."""
     name, prefix = profile.name, f"{PARAM}.{profile.name}"
     if profile.vault_path or profile.vault_pki:
         raise KeystoreError(f"profile {name}", "lives in the vault: load it through the vault")
@@ -41,9 +48,14 @@ def load_file_profile(profile: ProfileConfig) -> ProfileMaterial:
         raise KeystoreError(f"profile {name}", f"{prefix}.key is set but {prefix}.path is not")
     client = trust = None
     notes: list[str] = []
-    if profile.path is not None:
-        origin = f"profile {name} (keystore {profile.path})"
-        data = _read(profile.path, origin, f"{prefix}.path")
+    if profile.path is not None or keystore is not None:
+        if keystore is not None:
+            origin = f"profile {name} (keystore {keystore[0]})"
+            data = keystore[1]
+        else:
+            assert profile.path is not None
+            origin = f"profile {name} (keystore {profile.path})"
+            data = _read(profile.path, origin, f"{prefix}.path")
         key_data = None
         if profile.key is not None:
             key_data = _read(profile.key, f"profile {name} (key {profile.key})", f"{prefix}.key")
@@ -51,7 +63,7 @@ def load_file_profile(profile: ProfileConfig) -> ProfileMaterial:
             client = load_keystore(
                 data,
                 origin=origin,
-                password=profile.password,
+                password=profile.password if password is None else password,
                 type=profile.type,
                 alias=profile.alias,
                 key_data=key_data,

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from agent.config.config import AgentConfig, ProfileConfig, VaultConfig
+from agent.credentials.cyberark import cyberark_material, object_refs
 from agent.credentials.sources import ProfileMaterial
 from agent.engine.state import RuntimeState, assemble
-from agent.errors import ConfigError, VaultError
+from agent.errors import AgentError, ConfigError, VaultError
+from agent.http.allowlist import allow_list
 from agent.http.call import Caller
-from agent.http.transport import Transport
+from agent.http.policy import address_allow_list
+from agent.http.transport import AllowingResolver, StaticResolver, Transport
 from agent.jobs.model import Job
 from agent.jobs.results import Result
 from agent.tls.identities import Identity, Staged
 
 if TYPE_CHECKING:
+    from agent.credentials.cyberark import CCP, ObjectRef
     from agent.credentials.vault import Vault
 
 log = logging.getLogger("agent")
@@ -39,6 +43,8 @@ class Engine:
         self.transport = Transport()
         self.caller = Caller(self.transport)
         self.vault: Vault | None = None  # opened on the first profile that needs it
+        self.cyberark: CCP | None = None  # likewise
+        self.on_cyberark_error: list[Callable[[], None]] = []
         self.on_vault_error: list[Callable[[], None]] = []
         self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
         self.on_renewal_failed: list[Callable[[str], None]] = []  # with the profile's name
@@ -67,16 +73,64 @@ class Engine:
         self.transport.use(new.call.network)  # running jobs keep theirs until they finish
         if self.vault is not None and config.vault != old.config.vault:
             vault, self.vault = self.vault, None  # the next load logs in to the new one
-            task = asyncio.get_running_loop().create_task(vault.close())
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+            _in_background(vault.close())
+        store = (config.cyberark, config.resolve, config.outbound_allow)
+        if self.cyberark is not None and store != self._cyberark_for:
+            ccp, self.cyberark = self.cyberark, None  # the next load asks the new one
+            _in_background(ccp.close())
         return new
 
     def _assemble(self, config: AgentConfig, staged: Staged | None) -> RuntimeState:
-        async def vault_load(profile: ProfileConfig) -> ProfileMaterial:
+        async def store_load(profile: ProfileConfig) -> ProfileMaterial:
+            if profile.store == "cyberark":
+                return await cyberark_material(self._ccp(config), profile)
             return await self._vault_load(config.vault, profile)
 
-        return assemble(config, staged=staged, vault_loader=vault_load, on_rotate=self._rotated)
+        return assemble(config, staged=staged, vault_loader=store_load, on_rotate=self._rotated)
+
+    def _ccp(self, config: AgentConfig) -> CCP:
+        """The CyberArk CCP client, made on first use; ``agent.resolve`` and the allow-list
+        apply to its connections as to a partner's."""
+        if self.cyberark is None:
+            from agent.credentials.cyberark import CCP
+
+            self.cyberark = CCP(
+                config.cyberark,
+                resolver=AllowingResolver(
+                    StaticResolver(config.resolve), address_allow_list(config)
+                ),
+                check_host=self._check_store_host(config),
+                on_change=self._cyberark_changed,
+                on_error=self._cyberark_error,
+            )
+            self._cyberark_for = (config.cyberark, config.resolve, config.outbound_allow)
+        return self.cyberark
+
+    @staticmethod
+    def _check_store_host(config: AgentConfig) -> Callable[[str], None] | None:
+        if not config.outbound_allow:
+            return None
+        allow = allow_list(tuple(config.outbound_allow))
+        return lambda host: allow.check_name(host)
+
+    def _cyberark_error(self) -> None:
+        for callback in self.on_cyberark_error:
+            callback()
+
+    async def _cyberark_changed(self, ref: ObjectRef) -> None:
+        """A CCP object changed: the profiles using it get new material for new connections."""
+        state = self._state
+        assert self.cyberark is not None
+        for name, profile in state.config.profiles.items():
+            if profile.store == "cyberark" and ref in object_refs(self.cyberark, profile):
+                try:
+                    material = await cyberark_material(self.cyberark, profile)
+                except AgentError as exc:
+                    log.error(
+                        "profile %s: the changed CyberArk value cannot be used: %s", name, exc
+                    )
+                    continue
+                state.identities.replace_profile(name, material)
 
     def _rotated(self, identity: Identity) -> None:
         self.transport.forget(identity.contexts())
@@ -126,6 +180,15 @@ class Engine:
 
     async def close(self) -> None:
         await self.transport.close()
+        if self.cyberark is not None:
+            await self.cyberark.close()
+            self.cyberark = None
         if self.vault is not None:
             await self.vault.close()
             self.vault = None
+
+
+def _in_background(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)

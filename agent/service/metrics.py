@@ -85,6 +85,11 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.vault_errors = Counter("agent_vault_errors", "Vault requests that failed", registry=r)
+        self.cyberark_errors = Counter(
+            "agent_cyberark_errors",
+            "CyberArk CCP refreshes that failed (the last good value is kept)",
+            registry=r,
+        )
         self.cert_warn_days = Gauge(
             "agent_client_certificate_warn_days",
             "mid.cert.expiry.warn_days: warn this many days before a client certificate expires",

@@ -136,12 +136,14 @@ class Daemon:
         self.notifier = Notifier()
         self.readiness = Readiness(_stale_after(self.config), busy=self._busy)
         self.readiness.checks["vault"] = self._vault_ready
+        self.readiness.checks["cyberark"] = self._cyberark_ready
         self.health: HealthServer | None = None
         self._operations: list[asyncio.Task[None]] = []
         self.on_report.append(self._observe_report)
         self.engine.transport.on_connection.append(self.metrics.connection)
         self.engine.on_vault_error.append(self.metrics.vault_error)
         self.engine.on_renewal_failed.append(self.metrics.renewal_failed)
+        self.engine.on_cyberark_error.append(self.metrics.cyberark_errors.inc)
         self.board = StatusBoard()
         self.metrics.started(agent_version(), self.config.cert_warn_days)
 
@@ -180,6 +182,12 @@ class Daemon:
         if self.engine.uses_vault:
             await self.engine.check_vault()  # VaultError: its message is the reason
         return None
+
+    async def _cyberark_ready(self) -> str | None:
+        """CCP failing while the last good values are served: said here, jobs still run."""
+        ccp = self.engine.cyberark
+        problems = ccp.problems() if ccp is not None else []
+        return "; ".join(problems) or None
 
     async def _refresh(self) -> None:
         if self.queue is not None:
@@ -257,15 +265,16 @@ class Daemon:
             log.error("%s: %s", REFUSED, exc)
             return None
         staged = await stage(new)
-        problems = [*staged.problems.values(), *_vault_problems(new, staged.vault_profiles)]
+        vaulted = tuple(n for n in staged.store_profiles if new.profiles[n].store == "vault")
+        problems = [*staged.problems.values(), *_vault_problems(new, vaulted)]
         if problems:
             log.error("%s: %s", REFUSED, "; ".join(problems))
             return None
-        if staged.vault_profiles:
+        if staged.store_profiles:
             log.info(
-                "reload: profile(s) %s keep their material in the vault: checked in config.xml "
-                "only; the vault is asked on their next job",
-                ", ".join(staged.vault_profiles),
+                "reload: profile(s) %s keep their material in the vault or CyberArk: checked in "
+                "config.xml only; the store is asked on their next job",
+                ", ".join(staged.store_profiles),
             )
         if new.url != self.config.url:
             log.warning(

@@ -142,6 +142,8 @@ def profile_source(profile: ProfileConfig) -> str:
         return "vault pki"
     if profile.vault_path:
         return "vault kv"
+    if profile.store == "cyberark":
+        return "cyberark"
     if profile.path is not None:
         return "file"
     return "none"

@@ -230,11 +230,11 @@ class Identities:
 
     async def _load_profile(self, profile: ProfileConfig) -> Identity:
         self.context_builds += 1
-        if profile.vault_path or profile.vault_pki:
+        if profile.store is not None:
             if self.vault_loader is None:
                 raise KeystoreError(
                     f"profile {profile.name}",
-                    "uses the vault but ext.cred.hashicorp.vault.address is not set",
+                    f"its material is in {profile.store}: not loaded here",
                 )
             material = await self.vault_loader(profile)
         else:
@@ -290,22 +290,22 @@ class Staged:
     config: AgentConfig
     loaded: Mapping[str, _Cached]
     problems: dict[str, str]  # profile → why its material did not load
-    vault_profiles: tuple[str, ...]  # material in the vault: checked in the config only
+    store_profiles: tuple[str, ...]  # material in a vault or CCP: checked in the config only
 
 
 async def stage(config: AgentConfig) -> Staged:
     """Load every file-based profile of ``config`` (keystore, key, truststore, TLS context)
     without touching the credentials in force, so a reload can be all or nothing.
 
-    Vault profiles are not fetched: the vault may be slow or briefly away, and a reload must not
-    wait on it; their material is loaded on first use, as at start.
+    Vault and CyberArk profiles are not fetched: the store may be slow or briefly away, and a
+    reload must not wait on it; their material is loaded on first use, as at start.
     """
     side = Identities(config.profiles)
     problems: dict[str, str] = {}
     vault: list[str] = []
     for name in sorted(config.profiles):
         profile = config.profiles[name]
-        if profile.vault_path or profile.vault_pki:
+        if profile.store is not None:
             vault.append(name)
             continue
         try:

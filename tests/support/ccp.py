@@ -72,9 +72,7 @@ class CCPServer:
         key = (query.get("Safe", ""), query.get("Folder", "Root"), query.get("Object", ""))
         account = self.accounts.get(key)
         if account is None:
-            return _error(
-                404, "APPAP004E", "Password object matching query [...] was not found"
-            )
+            return _error(404, "APPAP004E", "Password object matching query [...] was not found")
         body: dict[str, Any] = {
             "Content": account.content,
             "UserName": account.username,
@@ -123,6 +121,7 @@ class CCPServer:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(15)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(15)
+        self._loop.close()
 
     @property
     def endpoint(self) -> str:
