@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config.cyberark import CyberArkConfig, check_cyberark_profile, cyberark_config
+from agent.config.cyberark import CyberArkConfig, cyberark_config
 from agent.config.parameters import (
     ENV_PREFIX,
     KEYSTORE_TYPES,
@@ -273,6 +273,43 @@ def _check_profile(cfg: ProfileConfig, params: dict[str, Parameter]) -> None:
         raise ConfigError(
             f"profile {cfg.name!r}: vault_pki needs {prefix}vault_pki.common_name",
             parameter=prefix + "vault_pki",
+        )
+
+
+def check_cyberark_profile(
+    cfg: ProfileConfig, cyberark: CyberArkConfig, params: dict[str, Parameter]
+) -> None:
+    """A profile naming CCP objects needs CCP configured, and no vault beside it."""
+    prefix = f"{PROFILE_PREFIX}{cfg.name}."
+    used = [
+        key
+        for key, value in (
+            ("cyberark.password_id", cfg.cyberark_password_id),
+            ("cyberark.keystore_id", cfg.cyberark_keystore_id),
+        )
+        if value
+    ]
+    if not used:
+        return
+    p = params[prefix + used[0]]
+    if cfg.vault_path or cfg.vault_pki:
+        raise ConfigError(
+            f"profile {cfg.name!r} takes its material from the vault; {prefix}{used[0]} "
+            "cannot be used with it",
+            parameter=p.name,
+            line=p.line,
+        )
+    if not cyberark.use:
+        raise ConfigError(
+            "names a CyberArk object, but ext.cred.use_cyberark is not true",
+            parameter=p.name,
+            line=p.line,
+        )
+    if not cyberark.endpoint:
+        raise ConfigError(
+            "names a CyberArk object, but ext.cred.ccp_endpoint is not set",
+            parameter=p.name,
+            line=p.line,
         )
 
 

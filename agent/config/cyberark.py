@@ -1,17 +1,14 @@
-"""``ext.cred.*``: CyberArk's Central Credential Provider, with the MID Server's parameter names,
-and the profiles that take their keystore or its password from it."""
+"""``ext.cred.*``: CyberArk's Central Credential Provider, with the MID Server's parameter names
+(the profiles that use it are checked in ``config.py``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent.config.parameters import CYBERARK_KEYS, PROFILE_PREFIX, Parameter, convert, path_from
+from agent.config.parameters import CYBERARK_KEYS, Parameter, convert, path_from
 from agent.errors import ConfigError
-
-if TYPE_CHECKING:
-    from agent.config.config import ProfileConfig
 
 
 @dataclass(frozen=True)
@@ -48,40 +45,3 @@ def cyberark_config(params: dict[str, Parameter], base: Path) -> CyberArkConfig:
             line=endpoint.line if endpoint else None,
         )
     return config
-
-
-def check_cyberark_profile(
-    cfg: ProfileConfig, cyberark: CyberArkConfig, params: dict[str, Parameter]
-) -> None:
-    """A profile naming CCP objects needs CCP configured, and no vault beside it."""
-    prefix = f"{PROFILE_PREFIX}{cfg.name}."
-    used = [
-        key
-        for key, value in (
-            ("cyberark.password_id", cfg.cyberark_password_id),
-            ("cyberark.keystore_id", cfg.cyberark_keystore_id),
-        )
-        if value
-    ]
-    if not used:
-        return
-    p = params[prefix + used[0]]
-    if cfg.vault_path or cfg.vault_pki:
-        raise ConfigError(
-            f"profile {cfg.name!r} takes its material from the vault; {prefix}{used[0]} "
-            "cannot be used with it",
-            parameter=p.name,
-            line=p.line,
-        )
-    if not cyberark.use:
-        raise ConfigError(
-            "names a CyberArk object, but ext.cred.use_cyberark is not true",
-            parameter=p.name,
-            line=p.line,
-        )
-    if not cyberark.endpoint:
-        raise ConfigError(
-            "names a CyberArk object, but ext.cred.ccp_endpoint is not set",
-            parameter=p.name,
-            line=p.line,
-        )
