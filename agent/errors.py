@@ -17,7 +17,8 @@
         ├── TLSError           handshake failed                   kind: tls_handshake, sni_required,
         │                                                               certificate_verify,
         │                                                               hostname_mismatch,
-        │                                                               client_certificate_rejected
+        │                                                               client_certificate_rejected,
+        │                                                               certificate_pin
         └── (plain CallError)                               kind: dns, connect, timeout,
                                                               response_too_large, bad_response,
                                                               cancelled
@@ -54,6 +55,7 @@ class ErrorKind(enum.StrEnum):
     CERTIFICATE_VERIFY = "certificate_verify"
     HOSTNAME_MISMATCH = "hostname_mismatch"
     CLIENT_CERTIFICATE_REJECTED = "client_certificate_rejected"
+    CERTIFICATE_PIN = "certificate_pin"
     TIMEOUT = "timeout"
     RESPONSE_TOO_LARGE = "response_too_large"
     BAD_RESPONSE = "bad_response"
@@ -81,6 +83,7 @@ CALL_KINDS = frozenset(
         ErrorKind.CERTIFICATE_VERIFY,
         ErrorKind.HOSTNAME_MISMATCH,
         ErrorKind.CLIENT_CERTIFICATE_REJECTED,
+        ErrorKind.CERTIFICATE_PIN,
         ErrorKind.TIMEOUT,
         ErrorKind.RESPONSE_TOO_LARGE,
         ErrorKind.BAD_RESPONSE,
@@ -94,6 +97,7 @@ TLS_KINDS = frozenset(
         ErrorKind.CERTIFICATE_VERIFY,
         ErrorKind.HOSTNAME_MISMATCH,
         ErrorKind.CLIENT_CERTIFICATE_REJECTED,
+        ErrorKind.CERTIFICATE_PIN,
     }
 )
 

@@ -61,6 +61,7 @@ class ProfileConfig:
     wss_username: str | None = None
     wss_password: str | None = field(default=None, repr=False)
     wss_password_type: str = "text"
+    pins: tuple[str, ...] = ()  # sha256:<base64> SPKI pins of the partner's server key
     cyberark_password_id: str | None = None  # the keystore password is this CCP object's Content
     cyberark_keystore_id: str | None = None  # the keystore (base64 Content) comes from CCP
 

@@ -7,6 +7,7 @@ wanted; ``convert`` adds the parameter's name and line (or environment variable)
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ PROFILE_KEYS = {
     "vault_path": "vault_path",
     "vault_pki": "vault_pki",
     "vault_pki.common_name": "vault_pki_common_name",
+    "pin": "pins",
     "cyberark.password_id": "cyberark_password_id",
     "cyberark.keystore_id": "cyberark_keystore_id",
     "wss.username": "wss_username",
@@ -255,7 +257,28 @@ def _password_type(v: str) -> str:
     return kind
 
 
+def _pins(v: str) -> tuple[str, ...]:
+    """``.pin``: comma-separated ``sha256:<base64>`` of a server's SubjectPublicKeyInfo."""
+    out = []
+    for item in (part.strip() for part in v.split(",")):
+        if not item:
+            continue
+        algorithm, _, encoded = item.partition(":")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raw = b""
+        if algorithm.lower() != "sha256" or len(raw) != 32:
+            raise ValueError(
+                f"must be sha256:<base64 of 32 bytes>, comma-separated; got {item!r} "
+                "(agent sni-check prints the server's pin)"
+            )
+        out.append("sha256:" + base64.b64encode(raw).decode())
+    return tuple(out)
+
+
 PROFILE_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "pins": _pins,
     "port": _int(1, 65535),
     "sni": _sni,
     "wss_password_type": _password_type,

@@ -25,6 +25,11 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest, ConnectionKey
 from aiohttp.connector import Connection
+from cryptography import x509
+
+from agent.errors import CallError, ErrorKind
+from agent.tls.context import pins_of
+from agent.tls.handshake import pin_of
 
 _ANSWERED: contextvars.ContextVar[bool] = contextvars.ContextVar("answered", default=False)
 
@@ -52,6 +57,7 @@ class WatchedHandler(ResponseHandler):
     """aiohttp's protocol, noting that a byte of an answer arrived."""
 
     answered = False
+    pin_checked = False  # the server's key was checked against the context's pins
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
@@ -117,7 +123,29 @@ class WatchedConnector(aiohttp.TCPConnector):
         conn = await super().connect(req, traces, timeout)
         if isinstance(proto := conn.protocol, WatchedHandler):
             proto.answered = False
+            pinned = pins_of(req.ssl)
+            if pinned is not None and not proto.pin_checked:
+                _check_pin(conn, pinned, f"{req.url.host}:{req.url.port}")
+                proto.pin_checked = True  # a kept-alive connection is checked once
         return conn
+
+
+def _check_pin(conn: Connection, pinned: tuple[frozenset[str], str], where: str) -> None:
+    """After the handshake, before any byte of the request: the server's key must be pinned."""
+    pins, parameter = pinned
+    transport = conn.transport
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = obj.getpeercert(binary_form=True) if isinstance(obj, ssl.SSLObject) else None
+    seen = pin_of(x509.load_der_x509_certificate(der)) if der else None
+    if seen in pins:
+        return
+    conn.close()
+    raise CallError(
+        ErrorKind.CERTIFICATE_PIN,
+        f"{where} presented the key pin {seen}, which is not among the {len(pins)} pin(s) of "
+        f"{parameter}; if the partner changed its key, confirm the new pin with them and add it "
+        "(agent sni-check prints a server's pin)",
+    )
 
 
 class WatchedResponse(aiohttp.ClientResponse):

@@ -164,3 +164,19 @@ def build_context(
     if client is not None:
         load_client_material(ctx, client)
     return ctx
+
+
+_PINS = "agent_pins"  # the attribute a pinned context carries
+
+
+def with_pins(ctx: ssl.SSLContext, pins: tuple[str, ...], parameter: str) -> ssl.SSLContext:
+    """Mark ``ctx``: its connections are checked against ``pins`` (``parameter`` names them)
+    after the handshake and before the request (``http/aiohttp_adapter.py``)."""
+    setattr(ctx, _PINS, (frozenset(pins), parameter))
+    return ctx
+
+
+def pins_of(ctx: object) -> tuple[frozenset[str], str] | None:
+    """The pins a context's connections must match, and the parameter that set them."""
+    pinned: tuple[frozenset[str], str] | None = getattr(ctx, _PINS, None)
+    return pinned

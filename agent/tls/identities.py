@@ -26,7 +26,7 @@ from agent.credentials.sources import ProfileMaterial, load_file_profile, load_i
 from agent.errors import AgentError, KeystoreError, UnknownProfileError
 from agent.jobs.model import InlineProfile, Job
 from agent.jobs.parse import SNI
-from agent.tls.context import build_context
+from agent.tls.context import build_context, with_pins
 
 log = logging.getLogger("agent.credentials")
 
@@ -50,6 +50,7 @@ class Identity:
     material: ProfileMaterial
     sni: SNI = None
     port: int = 443
+    pins: tuple[str, ...] = ()  # the server's key must match one (``.pin``)
     _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
@@ -74,6 +75,8 @@ class Identity:
         ctx = self._contexts.get(send_sni)
         if ctx is None:
             ctx = build_context(self.material.client, self.material.trust, send_sni=send_sni)
+            if self.pins:
+                with_pins(ctx, self.pins, f"mid.httpclient.protocol.{self.profile}.pin")
             self._contexts[send_sni] = ctx
         return ctx
 
@@ -211,9 +214,8 @@ class Identities:
         profile = self.profiles[name]
         old = self._profiles.get(name)
         self._generation = next(_GENERATIONS)
-        identity = Identity(
-            f"profile:{name}#{self._generation}", name, material, profile.sni, profile.port
-        )
+        key = f"profile:{name}#{self._generation}"
+        identity = Identity(key, name, material, profile.sni, profile.port, profile.pins)
         self._profiles[name] = _Cached(identity, (), time.monotonic())
         if old is not None:
             self._rotated(old.identity)
@@ -241,7 +243,7 @@ class Identities:
             material = await asyncio.to_thread(load_file_profile, profile)
         self._generation = next(_GENERATIONS)
         key = f"profile:{profile.name}#{self._generation}"
-        identity = Identity(key, profile.name, material, profile.sni, profile.port)
+        identity = Identity(key, profile.name, material, profile.sni, profile.port, profile.pins)
         await asyncio.to_thread(identity.context, True)  # build off the loop; fail early
         return identity
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from agent.config.config import AgentConfig
 from agent.credentials.inspect import ProfileReport, inspect_profile, report_error
 from agent.errors import AgentError
@@ -18,5 +20,18 @@ async def collect_reports(
         except AgentError as exc:
             reports.append(report_error(name, exc))
             continue
-        reports.append(inspect_profile(name, identity.material, warn_days=config.cert_warn_days))
+        report = inspect_profile(name, identity.material, warn_days=config.cert_warn_days)
+        reports.append(replace(report, notes=report.notes + _config_notes(config, name)))
     return reports
+
+
+def _config_notes(config: AgentConfig, name: str) -> tuple[str, ...]:
+    """Where the material came from, and the server pins the profile's calls must match."""
+    profile = config.profiles[name]
+    notes = [f"material from {profile.store or 'files'}"]
+    if profile.pins:
+        notes.append(
+            f"server key pinned (mid.httpclient.protocol.{name}.pin): {', '.join(profile.pins)}; "
+            "agent sni-check URL --profile prints the pin a server presents"
+        )
+    return tuple(notes)
