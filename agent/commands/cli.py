@@ -1,5 +1,5 @@
 """The command line: ``agent run | enqueue | result | call | demo | validate | sni-check |
-status``.
+jobs | status``.
 
 Exit codes follow the contract. A config that cannot be used exits 2 with one line, no traceback.
 """
@@ -235,6 +235,15 @@ def cmd_sni_check(args: argparse.Namespace) -> int:
     return asyncio.run(run_sni_check(config, args.url, profile=args.profile))
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from agent.commands.jobs import MAX_LIMIT, run_jobs
+
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise ConfigError(f"--limit: must be 1 to {MAX_LIMIT}, got {args.limit}")
+    config = _load(args)
+    return asyncio.run(run_jobs(config, state=args.state, limit=args.limit, as_json=args.json))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.commands.status import run_status
 
@@ -257,6 +266,8 @@ EPILOGS = {
     "sni-check": "exit codes: 0 the handshake the config would make succeeds, the server is "
     "trusted and carries the name; 1 a problem found (SNI, trust, name, client certificate "
     "refused); 2 the config is unusable or the target cannot be reached",
+    "jobs": f"exit codes: 0 listed; 1 the queue cannot list (unreachable, or the ECC queue); "
+    f"{CONFIG_EXIT}",
     "status": "exit codes: 0 healthy; 1 degraded (not ready, or a client certificate within "
     "mid.cert.expiry.warn_days); 2 unreachable (the daemon on agent.health.listen, or the queue) "
     "or config.xml unusable",
@@ -346,6 +357,11 @@ def _inspection_commands(
         "(default: the URL's <profile>://, else none and the system CAs)",
     )
     p.set_defaults(fn=cmd_sni_check)
+    p = _command(sub, common, "jobs", "list the queue's jobs: state, attempts, last error")
+    p.add_argument("--state", choices=("ready", "processing", "processed", "error"))
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N, newest first")
+    p.add_argument("--json", action="store_true", help="print the jobs as JSON")
+    p.set_defaults(fn=cmd_jobs)
     p = _command(sub, common, "status", "the running agent's summary: queue, errors, profiles")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=cmd_status)

@@ -42,12 +42,14 @@ from agent.jobs.results import Result
 from agent.queues.base import (
     Claim,
     Exchange,
+    JobRow,
     JobStatus,
     Queue,
     QueueSummary,
     claim_of,
     different_content,
     dumps,
+    job_row,
     redact_url,
     stored_form,
 )
@@ -331,6 +333,19 @@ class PostgresQueue(Queue):
             return None
         result = Result.from_dict(json.loads(row[1])) if row[1] else None
         return JobStatus(job_id, row[0], result)
+
+    async def list_jobs(self, state: str | None, limit: int) -> list[JobRow]:
+        rows = await self._db(
+            "list",
+            lambda pool: pool.fetch(
+                "SELECT id, state, attempt, created, updated, lease_until, agent, result::text"
+                " FROM agent_jobs WHERE ($1::text IS NULL OR state = $1) ORDER BY seq DESC"
+                " LIMIT $2",
+                state,
+                limit,
+            ),
+        )
+        return [job_row(*row) for row in rows]
 
     async def summary(self) -> QueueSummary | None:
         rows = await self._db(

@@ -18,7 +18,6 @@ fencing ``token``, so the late agent's ``complete``/``renew``/``release`` no lon
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import time
@@ -37,15 +36,14 @@ from agent.jobs.secrets import has_secrets
 from agent.queues.base import (
     Claim,
     Exchange,
-    JobStatus,
     Queue,
-    QueueSummary,
     claim_sealed,
     different_content,
     dumps,
     stored_form,
     unusable,
 )
+from agent.queues.sqlite_read import SqliteReads
 from agent.queues.sqlite_sql import (
     ADDED_COLUMNS,
     DIFFERENT_CONTENT,
@@ -55,7 +53,6 @@ from agent.queues.sqlite_sql import (
     READ_CLAIMED,
     SCHEMA,
     STORE_RESULTS,
-    SUMMARY,
 )
 
 log = logging.getLogger("agent.queues.sqlite")
@@ -78,7 +75,7 @@ WAKE_POLL_MAX = 0.05  # ... and after a quiet while
 BUSY_WINDOW = 1.0  # seconds after the last claimed job during which the look stays frequent
 
 
-class SqliteQueue(Queue):
+class SqliteQueue(SqliteReads, Queue):
     def __init__(self, path: Path, key: JobKey | None = None) -> None:
         """``key`` seals jobs' secrets; by default the file ``<path>.key``."""
         self.path = path
@@ -374,25 +371,3 @@ class SqliteQueue(Queue):
 
         if claims:
             await self._run(self._transaction, give_back, False)
-
-    async def status(self, job_id: str) -> JobStatus | None:
-        def read() -> tuple[str, str | None] | None:
-            row = self.db.execute("SELECT state, result FROM jobs WHERE id = ?", (job_id,))
-            found: tuple[str, str | None] | None = row.fetchone()
-            return found
-
-        row = await self._run(read)
-        if row is None:
-            return None
-        state, result = row
-        parsed = Result.from_dict(json.loads(result)) if result else None
-        return JobStatus(job_id, state, parsed)  # type: ignore[arg-type]
-
-    async def summary(self) -> QueueSummary | None:
-        def read() -> QueueSummary:
-            rows = self.db.execute(SUMMARY).fetchall()
-            counts = {state: n for state, n, _ in rows}
-            oldest = next((first for state, _, first in rows if state == "ready"), None)
-            return QueueSummary.of(counts, None if oldest is None else time.time() - oldest)
-
-        return await self._run(read)

@@ -92,3 +92,9 @@ WHERE NOT EXISTS (
 
 # jobs by state, and the oldest job created in each state (for ``summary``)
 SUMMARY = "SELECT state, count(*), min(created) FROM jobs GROUP BY state"
+
+# agent jobs: newest first, optionally of one state
+LIST_JOBS = (
+    "SELECT id, state, attempt, created, updated, lease_until, agent, result FROM jobs"
+    " WHERE (? IS NULL OR state = ?) ORDER BY seq DESC LIMIT ?"
+)
