@@ -8,6 +8,7 @@ from another program), so the same rules hold whichever way a job reached the qu
 from __future__ import annotations
 
 import base64
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,15 @@ class Job:
     sni: SNI = None
     timeout: float = 60.0
     max_attempts: int = 1
+    not_before: str | None = None  # RFC 3339, UTC: not run before then
+    priority: int = 0  # higher first
+
+    @property
+    def due(self) -> float | None:
+        """``not_before`` in seconds since the epoch (None: due at once)."""
+        if self.not_before is None:
+            return None
+        return dt.datetime.fromisoformat(self.not_before).timestamp()
 
     @classmethod
     def from_dict(cls, raw: object) -> Job:
@@ -93,9 +103,12 @@ class Job:
             ("soap_action", self.soap_action),
             ("protocol_profile", self.protocol_profile),
             ("sni", self.sni),
+            ("not_before", self.not_before),
         ):
             if value is not None:
                 out[key] = value
+        if self.priority:
+            out["priority"] = self.priority
         if self.inline_profile is not None:
             out["inline_profile"] = self.inline_profile.to_dict()
         return out

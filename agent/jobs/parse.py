@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import difflib
 import functools
 import uuid
@@ -47,8 +48,11 @@ JOB_FIELDS = frozenset(
         "sni",
         "timeout",
         "max_attempts",
+        "not_before",
+        "priority",
     }
 )
+MAX_PRIORITY = 1_000_000
 MAX_ID_LENGTH = 200
 
 
@@ -279,6 +283,37 @@ def _parse_attempts(raw: dict[str, Any]) -> int:
     return int(attempts)
 
 
+def _parse_not_before(raw: dict[str, Any]) -> str | None:
+    """``not_before``: an RFC 3339 time with its offset; kept normalised (UTC, seconds)."""
+    value = _want(raw, "not_before", str, "an RFC 3339 time such as 2026-12-03T10:00:00Z")
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+        if when.tzinfo is None or "T" not in value.upper():
+            raise ValueError("no offset")
+        utc = when.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise JobError(
+            "not_before",
+            "must be an RFC 3339 time with an offset, e.g. 2026-12-03T10:00:00Z; "
+            f"got {show(value)}",
+        ) from None
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_priority(raw: dict[str, Any]) -> int:
+    value = raw.get("priority")
+    if value is None:
+        return 0
+    if type(value) is not int or not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise JobError(
+            "priority",
+            f"must be a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY} (higher first)",
+        )
+    return value
+
+
 def _parse_credentials(raw: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
     problems: list[tuple[str, str]] = []
     profile = _collect(problems, _want, raw, "protocol_profile", str, "a profile name")
@@ -318,6 +353,8 @@ def parse_job(raw: object) -> dict[str, Any]:
     sni = _collect(bad, _parse_sni, raw.get("sni"), "sni")
     timeout = _collect(bad, _parse_number, raw, "timeout", 60.0, 0.001, 86400)
     attempts = _collect(bad, _parse_attempts, raw)
+    not_before = _collect(bad, _parse_not_before, raw)
+    priority = _collect(bad, _parse_priority, raw)
     credentials = _collect(bad, _parse_credentials, raw)
     if bad:
         raise JobError.of(bad)
@@ -337,4 +374,6 @@ def parse_job(raw: object) -> dict[str, Any]:
         "sni": sni,
         "timeout": timeout,
         "max_attempts": attempts,
+        "not_before": not_before,
+        "priority": priority or 0,
     }

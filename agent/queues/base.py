@@ -148,6 +148,8 @@ class Stored:
     body: str
     sealed: str | None
     digest: str
+    due: float | None = None  # not_before, seconds since the epoch (None: at once)
+    priority: int = 0
 
 
 def stored_form(jobs: list[Job], key: JobKey | None) -> list[Stored]:
@@ -157,12 +159,14 @@ def stored_form(jobs: list[Job], key: JobKey | None) -> list[Stored]:
         data = job.to_dict()
         secrets = split_secrets(data)
         body = dumps(data)
+        when = (job.due, job.priority)
         if not secrets:
-            out.append(Stored(job.id, body, None, hashlib.sha256(body.encode()).hexdigest()))
+            out.append(Stored(job.id, body, None, hashlib.sha256(body.encode()).hexdigest(), *when))
             continue
         if key is None:
             raise QueueError(f"job {job.id!r} carries secrets and this queue has no key file")
-        out.append(Stored(job.id, body, key.seal(secrets), key.digest(body.encode(), secrets)))
+        sealed, digest = key.seal(secrets), key.digest(body.encode(), secrets)
+        out.append(Stored(job.id, body, sealed, digest, *when))
     digests: dict[str, str] = {}
     for row in out:
         if digests.setdefault(row.id, row.digest) != row.digest:

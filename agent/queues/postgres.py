@@ -86,7 +86,7 @@ def _complete_args(results: list[tuple[Claim, Result]]) -> tuple[list[Any], ...]
 
 
 def _claims(rows: list[Any], max_job_bytes: int, key: JobKey | None) -> list[Claim]:
-    rows = sorted(rows, key=lambda row: row[4])  # RETURNING keeps no order
+    rows = sorted(rows, key=lambda row: (-row[6], row[7], row[4]))  # RETURNING keeps no order
     return [claim_of(row[0], row[1], row[2], row[3], max_job_bytes, row[5], key) for row in rows]
 
 
@@ -257,7 +257,14 @@ class PostgresQueue(Queue):
         if jobs:
             rows = stored_form(jobs, self.key)
             ids, digests = [r.id for r in rows], [r.digest for r in rows]
-            args = ([r.body for r in rows], CHANNEL, [r.sealed for r in rows], digests)
+            args = (
+                [r.body for r in rows],
+                CHANNEL,
+                [r.sealed for r in rows],
+                digests,
+                [r.due for r in rows],
+                [r.priority for r in rows],
+            )
 
             async def insert(pool: Any) -> str | None:
                 async with pool.acquire() as con, con.transaction():

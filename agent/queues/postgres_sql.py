@@ -29,14 +29,24 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE agent_jobs SET job = job {" ".join(f"#- '{{{','.join(p)}}}'" for p in SECRET_FIELDS)}
     WHERE state IN ('processed', 'error') AND job ? 'inline_profile';
     """,
+    # not_before and priority: ready jobs are claimed highest priority first, then by due time,
+    # walking one index that stops at the claim's limit however many jobs wait.
+    """
+    ALTER TABLE agent_jobs
+        ADD COLUMN due timestamptz, ADD COLUMN priority integer NOT NULL DEFAULT 0;
+    UPDATE agent_jobs SET due = created WHERE due IS NULL;
+    ALTER TABLE agent_jobs ALTER COLUMN due SET DEFAULT now(), ALTER COLUMN due SET NOT NULL;
+    CREATE INDEX agent_jobs_due ON agent_jobs (priority DESC, due, seq) WHERE state = 'ready';
+    DROP INDEX agent_jobs_ready;
+    """,
 )
 
 ENQUEUE = """
 WITH added AS (
-    INSERT INTO agent_jobs (id, job, secrets, digest)
-    SELECT id, job::jsonb, secrets, digest
-    FROM unnest($1::text[], $2::text[], $4::text[], $5::text[])
-        WITH ORDINALITY AS j(id, job, secrets, digest, n)
+    INSERT INTO agent_jobs (id, job, secrets, digest, due, priority)
+    SELECT id, job::jsonb, secrets, digest, coalesce(to_timestamp(due), now()), priority
+    FROM unnest($1::text[], $2::text[], $4::text[], $5::text[], $6::float8[], $7::int[])
+        WITH ORDINALITY AS j(id, job, secrets, digest, due, priority, n)
     ORDER BY n
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
@@ -49,8 +59,9 @@ SELECT a.id FROM unnest($1::text[], $2::text[]) AS g(id, digest) JOIN agent_jobs
 WHERE a.digest IS NOT NULL AND a.digest <> g.digest LIMIT 1
 """
 
-# Two index-ordered scans (lapsed leases by deadline, then ready jobs by seq) that stop at the
-# limit: the cost does not grow with the backlog, unlike one ORDER BY over both kinds.
+# Two index-ordered scans (lapsed leases by deadline, then due ready jobs by priority and due
+# time) that stop at the limit: the cost does not grow with the backlog, unlike one ORDER BY
+# over both kinds.
 CLAIM = """
 WITH lapsed AS MATERIALIZED (
     SELECT id FROM agent_jobs
@@ -60,8 +71,8 @@ WITH lapsed AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), ready AS MATERIALIZED (
     SELECT id FROM agent_jobs
-    WHERE state = 'ready'
-    ORDER BY seq
+    WHERE state = 'ready' AND due <= now()
+    ORDER BY priority DESC, due, seq
     LIMIT greatest(0, $3 - (SELECT count(*) FROM lapsed))
     FOR UPDATE SKIP LOCKED
 )
@@ -69,7 +80,7 @@ UPDATE agent_jobs j
 SET state = 'processing', token = j.token + 1, attempt = j.attempt + 1, agent = $1,
     lease_until = now() + make_interval(secs => $2), updated = now()
 WHERE j.id IN (SELECT id FROM lapsed UNION ALL SELECT id FROM ready)
-RETURNING j.id, j.job::text, j.token, j.attempt, j.seq, j.secrets
+RETURNING j.id, j.job::text, j.token, j.attempt, j.seq, j.secrets, j.priority, j.due
 """
 
 RENEW = """

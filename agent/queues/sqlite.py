@@ -46,8 +46,10 @@ from agent.queues.base import (
 from agent.queues.sqlite_read import SqliteReads
 from agent.queues.sqlite_sql import (
     ADDED_COLUMNS,
+    BACKFILL_DUE,
     DIFFERENT_CONTENT,
     ERASE_OLD_SECRETS,
+    INDEXES,
     MARK_CLAIMED,
     NOT_STORED,
     READ_CLAIMED,
@@ -117,21 +119,24 @@ class SqliteQueue(SqliteReads, Queue):
         db.execute("PRAGMA synchronous = FULL")
         db.executescript(SCHEMA)
         self._add_columns(db)
+        db.executescript(INDEXES)
         db.execute("PRAGMA busy_timeout = 0")  # writers wait in _take_write_lock's retries
         self._db = db
 
     @staticmethod
     def _add_columns(db: sqlite3.Connection) -> None:
         have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-        for name in ADDED_COLUMNS:
+        for name, declared in ADDED_COLUMNS.items():
             if name not in have:
                 try:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declared}")
                 except sqlite3.OperationalError as exc:  # another process added it meanwhile
                     if "duplicate column" not in str(exc):
                         raise
                 if name == "secrets":
                     db.execute(ERASE_OLD_SECRETS)
+                if name == "due":
+                    db.execute(BACKFILL_DUE)
 
     def _scrub_wal(self) -> None:
         """After secrets were erased: copy the WAL into the file and truncate it, so the old
@@ -242,9 +247,13 @@ class SqliteQueue(SqliteReads, Queue):
         def insert(db: sqlite3.Connection) -> None:
             now = time.time()
             db.executemany(
-                "INSERT OR IGNORE INTO jobs (id, job, secrets, digest, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.id, r.body, r.sealed, r.digest, now, now) for r in rows],
+                "INSERT OR IGNORE INTO jobs"
+                " (id, job, secrets, digest, created, updated, due, priority)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.id, r.body, r.sealed, r.digest, now, now, r.due or now, r.priority)
+                    for r in rows
+                ],
             )
             given = dumps([[r.id, r.digest] for r in rows])
             clash = db.execute(DIFFERENT_CONTENT, (given,)).fetchone()
@@ -277,13 +286,13 @@ class SqliteQueue(SqliteReads, Queue):
         rows = orjson.loads(taken)
         if rows:
             self._last_work = time.monotonic()
-            rows.sort()  # oldest first
+            rows.sort(key=lambda r: (-r[8], r[9] or 0, r[0]))  # highest priority, then due first
         limit = self.max_job_bytes
         return [
             claim_sealed(job_id, raw, sealed, token, att, self.key, size=size, max_job_bytes=limit)
             if is_json or size > limit
             else unusable(job_id, token, att, "the stored job is not JSON")
-            for _, job_id, is_json, raw, token, att, size, sealed in rows
+            for _, job_id, is_json, raw, token, att, size, sealed, _, _ in rows
         ]
 
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:

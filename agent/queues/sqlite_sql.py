@@ -20,12 +20,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL,
     result TEXT,
     secrets TEXT,
-    digest TEXT
+    digest TEXT,
+    due REAL,
+    priority INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (seq) WHERE state = 'ready';
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'processing';
 """
-ADDED_COLUMNS = ("secrets", "digest")  # files made before them get them on open
+# After ADDED_COLUMNS: ready jobs in claim order (priority, then due time), so a claim walks
+# the index and stops at its limit however many wait.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority DESC, due, seq) WHERE state = 'ready';
+DROP INDEX IF EXISTS jobs_ready;
+"""
+# files made before them get them on open (name -> declaration)
+ADDED_COLUMNS = {
+    "secrets": "TEXT",
+    "digest": "TEXT",
+    "due": "REAL",
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+}
+BACKFILL_DUE = "UPDATE jobs SET due = created WHERE due IS NULL"
 # ... and their finished jobs lose the secrets earlier versions stored in clear text.
 ERASE_OLD_SECRETS = f"""
 UPDATE jobs SET job = json_remove(job, {", ".join(f"'$.{'.'.join(p)}'" for p in SECRET_FIELDS)})
@@ -39,7 +53,8 @@ SELECT jobs.id FROM json_each(?1) AS r JOIN jobs ON jobs.id = json_extract(r.val
 WHERE jobs.digest IS NOT NULL AND jobs.digest <> json_extract(r.value, '$[1]') LIMIT 1
 """
 
-# Claim: lapsed leases first, then ready jobs in order, up to ?4. The rows this claim marked
+# Claim: lapsed leases first, then ready jobs that are due (highest priority first, then by
+# due time), up to ?4. The rows this claim marked
 # are the ones it stamped with its own time (?2) and lease (?3): the write lock it holds keeps
 # every other transaction's stamp different.
 MARK_CLAIMED = """
@@ -51,8 +66,9 @@ WHERE seq IN (
             SELECT seq, lease_until FROM jobs
             WHERE state = 'processing' AND lease_until < ?2 ORDER BY lease_until LIMIT ?4)
         UNION ALL
-        SELECT seq, 1, seq FROM (
-            SELECT seq FROM jobs WHERE state = 'ready' ORDER BY seq LIMIT ?4)
+        SELECT seq, 1, row_number() OVER (ORDER BY priority DESC, due, seq) FROM (
+            SELECT seq, priority, due FROM jobs WHERE state = 'ready' AND due <= ?2
+            ORDER BY priority DESC, due, seq LIMIT ?4)
     ) ORDER BY pass, rank LIMIT ?4
 )
 """
@@ -63,7 +79,7 @@ SELECT json_group_array(json_array(
         seq, id, CASE WHEN length(CAST(job AS BLOB)) > ?4 THEN 0 ELSE json_valid(job) END,
         CASE WHEN length(CAST(job AS BLOB)) > ?4 THEN NULL
             WHEN json_valid(job) THEN json(job) ELSE job END,
-        token, attempt, length(CAST(job AS BLOB)), secrets)),
+        token, attempt, length(CAST(job AS BLOB)), secrets, priority, due)),
     (SELECT data_version FROM pragma_data_version)
 FROM jobs
 WHERE state = 'processing' AND lease_until = ?3 AND updated = ?2 AND agent = ?1
