@@ -31,7 +31,12 @@ CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 'proc
 INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority DESC, due, seq) WHERE state = 'ready';
 DROP INDEX IF EXISTS jobs_ready;
+CREATE TRIGGER IF NOT EXISTS jobs_due_at_once AFTER INSERT ON jobs WHEN NEW.due IS NULL
+BEGIN
+    UPDATE jobs SET due = NEW.created WHERE seq = NEW.seq;
+END;
 """
+# (a row written without a due time, by an older agent or by hand, is due when it was made)
 # files made before them get them on open (name -> declaration)
 ADDED_COLUMNS = {
     "secrets": "TEXT",
