@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.hashes import SHA256
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import load_config
 from agent.errors import ConfigError
+from agent.jobs.results import Result
 from agent.tls.handshake import pin_of
 from tests.support.cli import arun_agent
 from tests.support.configs import P, profile_config
@@ -96,3 +98,22 @@ async def test_validate_lists_the_pins_and_sni_check_prints_the_server_pin(
     url = f"https://alpha.test:{mtls_server.port}/"
     checked = await arun_agent("-c", str(config), "sni-check", url, "--profile", "partner")
     assert f"pin:       {pin}" in checked.stdout, checked
+
+
+async def test_the_result_carries_the_evidence_of_what_was_presented_to_whom(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer
+) -> None:
+    pin = pin_of(pki.alpha.cert)
+    config = load_config(
+        profile_config(tmp_path, pki, mtls_server.port, **{f"{P}.partner.pin": pin}), env={}
+    )
+    async with running_engine(config) as engine:
+        pinned = await engine.run(make_job("evidence", mtls_server.port))
+        plain = await engine.run(make_job("plain", mtls_server.port, profile="two"))
+    tls = pinned.to_dict()["tls"]
+    assert tls["address"] == f"127.0.0.1:{mtls_server.port}"
+    assert tls["server_pin"] == pin
+    assert tls["client_certificate_sha256"] == pki.client_one.cert.fingerprint(SHA256()).hex()
+    assert tls["policy"] == {"pins_checked": True, "revocation": "off"}
+    assert plain.to_dict()["tls"]["policy"] == {"pins_checked": False, "revocation": "off"}
+    assert Result.from_dict(json.loads(json.dumps(pinned.to_dict()))) == pinned

@@ -91,7 +91,12 @@ def _route(job: Job, identity: Identity, state: CallState) -> Route:
         port=port,
         server_hostname=choice.send if choice.send and choice.send != host else None,
         ssl=identity.context(send_sni=choice.send is not None or is_ip_literal(host)),
-        tls=TLSInfo(sni=choice.send, client_certificate=identity.client_subject),
+        tls=TLSInfo(
+            sni=choice.send,
+            client_certificate=identity.client_subject,
+            client_certificate_sha256=identity.client_fingerprint,
+            pins_checked=bool(identity.pins),
+        ),
         attempt=Attempt(host, port, choice.send, profile, identity.client_subject, trust),
         cert_hint=client_cert_hint(profile, inline, identity.client_subject),
     )

@@ -36,6 +36,7 @@ from cryptography import x509
 from agent.http.aiohttp_adapter import WatchedConnector, WatchedResponse
 from agent.http.allowlist import AllowList
 from agent.jobs.results import TLSInfo
+from agent.tls.handshake import pin_of
 
 log = logging.getLogger("agent.transport")
 
@@ -284,25 +285,35 @@ _DIRECT = Network()
 
 
 def tls_details(protocol: object | None, base: TLSInfo) -> TLSInfo:
-    """``base`` with what the connection's handshake settled: version, cipher, server subject."""
+    """``base`` with what the connection's handshake settled: version, cipher, the server's
+    subject and key pin, the address connected to."""
     transport = getattr(protocol, "transport", None)
     obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    if not isinstance(obj, ssl.SSLObject):
+    if transport is None or not isinstance(obj, ssl.SSLObject):
         return base
     cipher = obj.cipher()
+    peer = transport.get_extra_info("peername")
+    address = None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        address = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+    subject, pin = _server(obj.getpeercert(binary_form=True))
     return replace(
         base,
         version=obj.version(),
         cipher=cipher[0] if cipher else None,
-        server_certificate=_subject(obj.getpeercert(binary_form=True)),
+        server_certificate=subject,
+        server_pin=pin,
+        address=address,
     )
 
 
 @functools.lru_cache(maxsize=256)  # the same few server certificates
-def _subject(der: bytes | None) -> str | None:
+def _server(der: bytes | None) -> tuple[str | None, str | None]:
+    """The server certificate's subject and its key's pin."""
     if not der:
-        return None
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        return None, None
+    cert = x509.load_der_x509_certificate(der)
+    return cert.subject.rfc4514_string(), pin_of(cert)
 
 
 def proxy_args(proxy: Any) -> dict[str, Any]:

@@ -28,6 +28,13 @@ class TLSInfo:
     cipher: str | None = None
     client_certificate: str | None = None
     server_certificate: str | None = None
+    # evidence of what was presented to whom: the address connected to, the server key's pin,
+    # the client certificate's SHA-256 fingerprint, and the policy applied to the handshake
+    address: str | None = None
+    server_pin: str | None = None
+    client_certificate_sha256: str | None = None
+    pins_checked: bool = False
+    revocation: str = "off"
 
 
 @dataclass(slots=True)
@@ -77,6 +84,10 @@ class Result:
                 "cipher": tls.cipher,
                 "client_certificate": tls.client_certificate,
                 "server_certificate": tls.server_certificate,
+                "address": tls.address,
+                "server_pin": tls.server_pin,
+                "client_certificate_sha256": tls.client_certificate_sha256,
+                "policy": {"pins_checked": tls.pins_checked, "revocation": tls.revocation},
             },
             "hint": self.hint,
         }
@@ -87,7 +98,8 @@ class Result:
         raw = dict(raw)
         error = raw.pop("error", None)
         fault = raw.pop("soap_fault", None)
-        tls = raw.pop("tls", None) or {}
+        tls = dict(raw.pop("tls", None) or {})
+        tls |= tls.pop("policy", None) or {}
         return cls(
             **raw,
             error=ErrorInfo(**error) if error else None,

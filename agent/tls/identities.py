@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from cryptography.hazmat.primitives import hashes
+
 from agent.config.config import AgentConfig, ProfileConfig
 from agent.credentials.sources import ProfileMaterial, load_file_profile, load_inline
 from agent.errors import AgentError, KeystoreError, UnknownProfileError
@@ -66,6 +68,14 @@ class Identity:
     def client_subject(self) -> str | None:
         client = self.material.client
         return client.subject if client else None
+
+    @functools.cached_property
+    def client_fingerprint(self) -> str | None:
+        """The client certificate's SHA-256 fingerprint (hex), as ``openssl x509 -fingerprint``."""
+        client = self.material.client
+        if client is None:
+            return None
+        return client.leaf.fingerprint(hashes.SHA256()).hex()
 
     def contexts(self) -> list[ssl.SSLContext]:
         """The SSL contexts built so far (connections made with them are this identity's)."""
