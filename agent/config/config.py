@@ -48,6 +48,7 @@ class ProfileConfig:
     name: str
     path: Path | None = None
     password: str | None = field(default=None, repr=False)
+    key_password: str | None = field(default=None, repr=False)  # a JKS/JCEKS key's own password
     key: Path | None = None
     port: int = 443
     type: str | None = None

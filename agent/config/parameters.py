@@ -31,6 +31,7 @@ LOG_FORMATS = ("auto", "text", "json")
 PROFILE_KEYS = {
     "path": "path",
     "password": "password",
+    "key_password": "key_password",
     "key": "key",
     "port": "port",
     "type": "type",

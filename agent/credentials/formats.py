@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import NameOID
 
 from agent.credentials import readers
 from agent.credentials.chains import describe, link, public_der, self_signed
@@ -132,19 +134,59 @@ def keystore_kind(data: bytes, declared: str | None, origin: str) -> str:
 
 
 def _select(entries: Sequence[Entry], alias: str | None, origin: str) -> Entry:
+    """The entry ``alias`` names: by its alias (friendly name), by its certificate's SHA-256
+    fingerprint (``sha256:<hex>``, colons allowed), or by its certificate's subject (the whole
+    RFC 4514 string, or the common name)."""
     names = ", ".join(repr(e.alias) if e.alias else "(no alias)" for e in entries)
     if alias:
         for entry in entries:
             if entry.alias is not None and entry.alias.lower() == alias.lower():
                 return entry
+        found = [e for e in entries if _certificate_named(e, alias)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise KeystoreError(origin, f"{len(found)} key entries match {alias!r}: be precise")
+        leaves = "; ".join(_leaf_label(e) for e in entries)
         raise KeystoreError(
-            origin, f"has no key entry with alias {alias!r} (key entries: {names}): fix the alias"
+            origin,
+            f"has no key entry with alias {alias!r} (key entries: {names}; certificates: "
+            f"{leaves}): fix the alias, or give sha256:<fingerprint> or the subject",
         )
     if len(entries) > 1:
         raise KeystoreError(
             origin, f"holds {len(entries)} key entries ({names}): set the alias to choose one"
         )
     return entries[0]
+
+
+def _leaf(entry: Entry) -> x509.Certificate | None:
+    """The entry's own certificate: the one whose key is the entry's."""
+    try:
+        mine = public_der(entry.load_key().public_key())
+    except KeystoreError:
+        return None
+    return next((c for c in entry.certs if public_der(c.public_key()) == mine), None)
+
+
+def _certificate_named(entry: Entry, alias: str) -> bool:
+    leaf = _leaf(entry)
+    if leaf is None:
+        return False
+    wanted = alias.strip()
+    if wanted.lower().startswith("sha256:"):
+        hexed = wanted[7:].replace(":", "").lower()
+        return leaf.fingerprint(hashes.SHA256()).hex() == hexed
+    subject = leaf.subject
+    common = [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return subject.rfc4514_string().lower() == wanted.lower() or wanted in common
+
+
+def _leaf_label(entry: Entry) -> str:
+    leaf = _leaf(entry)
+    if leaf is None:
+        return "(unreadable)"
+    return f"{leaf.subject.rfc4514_string()} sha256:{leaf.fingerprint(hashes.SHA256()).hex()}"
 
 
 def _material(entry: Entry, origin: str, *, shared_pool: bool, notes: list[str]) -> KeyMaterial:

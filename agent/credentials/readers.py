@@ -90,8 +90,8 @@ def jks_entries(
             except jks.util.DecryptionFailureException as exc:
                 raise KeystoreError(
                     origin,
-                    f"the key password of entry {name!r} is wrong (it differs from the "
-                    "keystore password): re-export the keystore with one password",
+                    f"the key password of entry {name!r} is wrong: when it differs from the "
+                    "keystore's, set the profile's .key_password",
                 ) from exc
             except (jks.util.KeystoreException, UnsupportedAlgorithm, *_PARSE_ERRORS) as exc:
                 raise KeystoreError(origin, f"cannot read the key of entry {name!r}") from exc

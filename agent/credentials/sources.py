@@ -64,6 +64,7 @@ def load_file_profile(
                 data,
                 origin=origin,
                 password=profile.password if password is None else password,
+                key_password=profile.key_password,
                 type=profile.type,
                 alias=profile.alias,
                 key_data=key_data,
