@@ -27,6 +27,7 @@ from agent.config.config import DEFAULT_MAX_JOB_BYTES, AgentConfig
 from agent.errors import AgentError, ConfigError, JobError
 from agent.http.soap import build_request
 from agent.jobs.model import Job
+from agent.queues.base import STATES
 from agent.service.logs import json_lines_for, setup_logging
 from agent.service.tuning import tune_for_daemon
 
@@ -358,7 +359,7 @@ def _inspection_commands(
     )
     p.set_defaults(fn=cmd_sni_check)
     p = _command(sub, common, "jobs", "list the queue's jobs: state, attempts, last error")
-    p.add_argument("--state", choices=("ready", "processing", "processed", "error"))
+    p.add_argument("--state", choices=STATES)
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N, newest first")
     p.add_argument("--json", action="store_true", help="print the jobs as JSON")
     p.set_defaults(fn=cmd_jobs)

@@ -11,7 +11,6 @@ from agent.config.config import AgentConfig
 from agent.queues import open_queue
 from agent.queues.base import JobRow
 
-STATES = ("ready", "processing", "processed", "error")
 MAX_LIMIT = 10_000
 
 

@@ -18,7 +18,7 @@ import orjson
 
 from agent.commands.cli import parse_jobs
 from agent.config.config import AgentConfig, from_parameters
-from agent.config.parameters import is_secret, parse_parameters
+from agent.config.parameters import Parameter, is_secret, parse_parameters
 from agent.errors import ConfigError, JobError
 from agent.http.soap import MAX_DETAIL, parse_response
 from agent.jobs.model import Job
@@ -39,11 +39,13 @@ def _require(ok: bool, what: str) -> None:
         raise ContractBroken(what)
 
 
-def _hidden(secrets: list[str], text: str, whole: bytes, where: str) -> None:
-    """No secret that the input holds once (only as a secret) shows in ``text``."""
+def _hidden(secrets: list[str], text: str, whole: bytes, where: str, baseline: str = "") -> None:
+    """No secret that the input holds once (only as a secret) shows in ``text`` more often than
+    in ``baseline``, the same text made without the secrets."""
     for secret in secrets:
         if len(secret) >= MIN_SECRET and whole.count(secret.encode("utf-8", "replace")) == 1:
-            _require(secret not in text, f"a secret of the input shows in {where}: {text!r}")
+            shown = text.count(secret) > baseline.count(secret)
+            _require(not shown, f"a secret of the input shows in {where}: {text!r}")
 
 
 # ------------------------------------------------------------------------------------- jobs
@@ -149,7 +151,18 @@ def check_config(data: bytes) -> None:
     _require(isinstance(cfg, AgentConfig), "from_parameters returned no AgentConfig")
     for key, profile in cfg.profiles.items():
         _require(bool(profile.name) and profile.name == key, f"profile {key!r} is misnamed")
-    _hidden(secrets, repr(cfg), data, "repr(config)")
+    _hidden(secrets, repr(cfg), data, "repr(config)", _without_secrets(params, env))
+
+
+def _without_secrets(params: dict[str, Parameter], env: dict[str, str]) -> str:
+    """repr of the config built with every secret blanked: what it shows by itself. A secret
+    may equal a default ("8388608" is max_response_bytes) or a piece of the repr's words."""
+    blank = {k: replace(p, value="") if is_secret(p.name) else p for k, p in params.items()}
+    quiet = {k: "" if is_secret(k) else v for k, v in env.items()}
+    try:
+        return repr(from_parameters(blank, base_dir=BASE_DIR, env=quiet))
+    except ConfigError:
+        return ""
 
 
 # -------------------------------------------------------------------------------------- SOAP
