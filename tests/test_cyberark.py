@@ -193,6 +193,13 @@ async def test_agent_validate_reaches_ccp_and_reports_the_profiles(
     report = {p["name"]: p for p in json.loads(ran.stdout)["profiles"]}
     assert set(report) == {"ark", "vaulted"}
     assert all("client-one" in (p["subject"] or "") for p in report.values())
+    at = f"material from CyberArk CCP at {ccp.endpoint}"
+    assert (
+        f"{at} (password object partner-p12-password, keystore file " in report["ark"]["notes"][0]
+    )
+    assert report["vaulted"]["notes"][0] == (
+        f"{at} (keystore object {SAFE}:partner-keystore, password object partner-p12-password)"
+    )
     secret_free(ran.stdout + ran.stderr, pki)
 
 

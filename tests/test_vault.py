@@ -16,7 +16,8 @@ import pytest
 
 from agent.commands.demo.demoserver import DemoServer
 from agent.commands.demo.pki import CA
-from agent.config.config import AgentConfig, ProfileConfig, VaultConfig
+from agent.config.config import AgentConfig, ProfileConfig
+from agent.config.vault import VaultConfig
 from agent.credentials.sources import ProfileMaterial
 from agent.credentials.vault import Vault, parse_pki
 from agent.engine.engine import Engine

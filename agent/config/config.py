@@ -25,8 +25,6 @@ from agent.config.parameters import (
     PROFILE_RE,
     PROXY_KEYS,
     TOP_LEVEL,
-    VAULT_KEYS,
-    VAULT_PREFIX,
     Parameter,
     apply_env,
     as_text,
@@ -35,6 +33,7 @@ from agent.config.parameters import (
     parse_parameters,
     path_from,
 )
+from agent.config.vault import VaultConfig, vault_config
 from agent.errors import ConfigError
 from agent.jobs.names import SNI
 
@@ -75,17 +74,6 @@ class ProfileConfig:
         if self.cyberark_password_id or self.cyberark_keystore_id:
             return "cyberark"
         return None
-
-
-@dataclass(frozen=True)
-class VaultConfig:
-    address: str | None = None
-    token: str | None = field(default=None, repr=False)
-    role_id: str | None = None
-    secret_id: str | None = field(default=None, repr=False)
-    kv_mount: str = "secret"
-    namespace: str | None = None
-    ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +158,7 @@ def from_parameters(
     if not values.get("name", "x"):
         raise ConfigError("must not be empty", parameter="name", line=params["name"].line)
     values["proxy"] = _proxy(params)
-    values["vault"] = _vault(params, base_dir)
+    values["vault"] = vault_config(params, base_dir)
     values["cyberark"] = cyberark_config(params, base_dir)
     values["profiles"] = _profiles(params, base_dir, values["cyberark"])
     return AgentConfig(**values, warnings=tuple(warnings))
@@ -189,22 +177,6 @@ def _proxy(params: dict[str, Parameter]) -> ProxyConfig | None:
         username=got.get("mid.proxy.username") or None,
         password=got.get("mid.proxy.password") or None,
     )
-
-
-def _vault(params: dict[str, Parameter], base: Path) -> VaultConfig:
-    got: dict[str, Any] = {}
-    for key, conv in VAULT_KEYS.items():
-        p = params.get(VAULT_PREFIX + key)
-        if p is not None and p.value:
-            got[key] = convert(p, conv)
-    if "ca" in got:
-        got["ca"] = convert(params[VAULT_PREFIX + "ca"], lambda v: path_from(base, v))
-    if got.get("role_id") and not got.get("secret_id"):
-        p = params[VAULT_PREFIX + "role_id"]
-        raise ConfigError(
-            f"AppRole login needs {VAULT_PREFIX}secret_id too", parameter=p.name, line=p.line
-        )
-    return VaultConfig(**got)
 
 
 def _profiles(

@@ -239,14 +239,21 @@ PROXY_KEYS = {
     "mid.proxy.username": as_text,
     "mid.proxy.password": as_text,
 }
-VAULT_KEYS = {
-    "address": as_text,
-    "token": as_text,
-    "role_id": as_text,
-    "secret_id": as_text,
-    "kv_mount": as_text,
-    "namespace": as_text,
-    "ca": as_text,
+VAULT_KEYS = {  # the parameter after ext.cred.hashicorp.vault. → VaultConfig's field
+    "address": "address",
+    "token": "token",
+    "role_id": "role_id",
+    "secret_id": "secret_id",
+    "kv_mount": "kv_mount",
+    "namespace": "namespace",
+    "ca": "ca",
+    "auth_method": "auth_method",
+    "role": "role",
+    "auth_mount": "auth_mount",
+    "jwt_path": "jwt_path",
+    "client_cert": "client_cert",
+    "client_key": "client_key",
+    "client_cert.password": "client_cert_password",
 }
 
 

@@ -14,7 +14,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from agent.config.config import AgentConfig, ProfileConfig, VaultConfig
+from agent.config.config import AgentConfig, ProfileConfig
+from agent.config.vault import VaultConfig
 from agent.credentials.cyberark import cyberark_material, object_refs
 from agent.credentials.sources import ProfileMaterial
 from agent.engine.state import RuntimeState, assemble

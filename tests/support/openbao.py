@@ -182,6 +182,33 @@ class OpenBao:
         secret_id = self.root.auth.approle.generate_secret_id(role)["data"]["secret_id"]
         return str(role_id), str(secret_id)
 
+    def cert_auth(self, entry: str, ca_pem: bytes, policies: list[str], **token: Any) -> None:
+        """Enable certificate auth (once) and trust ``ca_pem`` as certificate entry ``entry``."""
+        if "cert/" not in self.root.sys.list_auth_methods()["data"]:
+            self.root.sys.enable_auth_method("cert")
+        self.root.write(
+            f"auth/cert/certs/{entry}",
+            certificate=ca_pem.decode(),
+            token_policies=",".join(policies),
+            **token,
+        )
+
+    def jwt_auth(
+        self, mount: str, public_pem: str, role: str, policies: list[str], **token: Any
+    ) -> None:
+        """Enable the JWT method at ``mount``, validating with ``public_pem``; ``role`` takes
+        tokens for audience ``vault`` and names the login by the ``sub`` claim."""
+        self.root.sys.enable_auth_method("jwt", path=mount)
+        self.root.write(f"auth/{mount}/config", jwt_validation_pubkeys=[public_pem])
+        self.root.write(
+            f"auth/{mount}/role/{role}",
+            role_type="jwt",
+            bound_audiences="vault",
+            user_claim="sub",
+            token_policies=",".join(policies),
+            **token,
+        )
+
     def pki(self, ca: CA, role: str, mount: str = "pki", **role_params: Any) -> None:
         """Enable a PKI mount that issues under ``ca`` (its key imported) with role ``role``."""
         self.root.sys.enable_secrets_engine("pki", path=mount, config={"max_lease_ttl": "87600h"})

@@ -8,7 +8,8 @@ address, path and what failed, never a token or secret.
 
 The parts (the facade imports them; they never import it):
 - ``client``: the hvac client on its one thread; hvac/requests errors → ``VaultError``.
-- ``login``: the login methods (token, AppRole), the token's lease and its renewal.
+- ``login``: the login methods (token, AppRole, certificate, JWT, Kubernetes), the token's
+  lease, its renewal and the back-off after a refused login.
 - ``kv``: KV v2 records → ``ProfileMaterial`` (with the truststore fallback).
 - ``pki``: ``.vault_pki`` targets, pki/issue or pki/sign, when a certificate is due.
 - ``renewal``: the task that renews the token and certificates; ``timing``: its clock arithmetic.
@@ -21,8 +22,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from agent.config.config import ProfileConfig, VaultConfig
+from agent.config.config import ProfileConfig
 from agent.config.parameters import VAULT_PREFIX
+from agent.config.vault import VaultConfig
 from agent.credentials.sources import ProfileMaterial
 from agent.credentials.vault.client import VaultClient
 from agent.credentials.vault.kv import read_kv
@@ -57,7 +59,9 @@ class Vault:
         method = method_for(config)
         if method is None:
             raise ConfigError(
-                f"the vault needs a token or {VAULT_PREFIX}role_id + {VAULT_PREFIX}secret_id",
+                f"the vault needs a login: a token, {VAULT_PREFIX}role_id + secret_id, "
+                f"{VAULT_PREFIX}client_cert, or {VAULT_PREFIX}jwt_path + role "
+                f"(or name one with {VAULT_PREFIX}auth_method)",
                 parameter=VAULT_PREFIX + "token",
             )
         self.config = config

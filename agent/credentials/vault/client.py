@@ -10,6 +10,8 @@ that names the address, the request and what to check, with every token and secr
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -17,17 +19,27 @@ from typing import Any, TypeVar
 import hvac
 import hvac.exceptions as hvac_errors
 import requests
+import requests.adapters
 
-from agent.config.config import VaultConfig
 from agent.config.parameters import VAULT_PREFIX
-from agent.errors import VaultError
+from agent.config.vault import VaultConfig
+from agent.credentials.formats import load_keystore
+from agent.credentials.memory import load_client_material
+from agent.errors import ConfigError, KeystoreError, VaultError
 
 REQUEST_TIMEOUT = 10.0  # seconds for one vault request
 
 T = TypeVar("T")
 
+JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")  # a JWT, wherever one shows in a message
+
+
+class LocalFailure(Exception):
+    """Something on the agent's side keeps a login from being made (its message says what)."""
+
+
 # What a request to the vault can raise that is the vault's (or the network's) doing.
-FAILURES = (hvac_errors.VaultError, requests.RequestException, OSError)
+FAILURES = (hvac_errors.VaultError, requests.RequestException, OSError, LocalFailure)
 
 
 class AuthFailed(Exception):
@@ -79,7 +91,7 @@ class VaultClient:
         for secret in (self.config.token, self.config.secret_id, self.hvac.token):
             if secret:
                 text = text.replace(secret, "[redacted]")
-        return text
+        return JWT.sub("[redacted]", text)
 
 
 def _new_hvac(config: VaultConfig, address: str, token: str | None) -> hvac.Client:
@@ -87,6 +99,8 @@ def _new_hvac(config: VaultConfig, address: str, token: str | None) -> hvac.Clie
     session.trust_env = False  # the vault's trust is .ca (or the default bundle), not env
     # hvac prefers a given session's ``verify`` over its own argument: set it there.
     session.verify = str(config.ca) if config.ca else True
+    if config.login_method == "cert":
+        session.mount("https://", _ClientCertificate(_client_context(config)))
     return hvac.Client(
         url=address,
         token=token,
@@ -95,6 +109,43 @@ def _new_hvac(config: VaultConfig, address: str, token: str | None) -> hvac.Clie
         namespace=config.namespace or None,
         session=session,
     )
+
+
+class _ClientCertificate(requests.adapters.HTTPAdapter):
+    """Connections that present the agent's own certificate (for ``auth/cert`` logins)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _client_context(config: VaultConfig) -> ssl.SSLContext:
+    """A TLS context presenting ``client_cert`` (its key from ``client_key`` when separate),
+    the key loaded from memory; ``ConfigError`` naming the parameter when it cannot be used."""
+    assert config.client_cert is not None
+    parameter = VAULT_PREFIX + "client_cert"
+    try:
+        data = config.client_cert.read_bytes()
+        key = config.client_key.read_bytes() if config.client_key else None
+        material = load_keystore(
+            data,
+            origin=f"{parameter} ({config.client_cert})",
+            password=config.client_cert_password,
+            key_data=key,
+        )
+        context = ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
+        load_client_material(context, material)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {exc.filename}: {exc.strerror}", parameter=parameter
+        ) from None
+    except KeystoreError as exc:
+        raise ConfigError(str(exc), parameter=parameter) from None
+    return context
 
 
 def field(data: dict[str, Any], name: str, what: str) -> str:
@@ -115,6 +166,8 @@ def why(exc: BaseException) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, LocalFailure):
+        return str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
         return f"TLS to the vault failed (is its certificate trusted? set {VAULT_PREFIX}ca)"
     if isinstance(exc, requests.exceptions.Timeout):

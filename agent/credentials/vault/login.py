@@ -1,10 +1,16 @@
 """The agent's vault token: how it is obtained (the login methods), its lease, its renewal.
 
-A login method is one row of ``METHODS``: the first whose settings are all in config.xml is used.
+A login method is one row of ``METHODS``, chosen by ``VaultConfig.login_method``
+(``auth_method``, or inferred from what config.xml sets).
 - token: the configured token; it is only looked up (to learn its TTL) and renewed with
   renew-self at two thirds of its TTL, until the vault will not renew it further.
-- AppRole: ``role_id`` + ``secret_id``; logs in again when the token is refused or can no longer
-  be renewed.
+- AppRole (``role_id`` + ``secret_id``), TLS certificate (``auth/cert``: the agent's own
+  certificate on the connection, ``role`` names the certificate entry), JWT and Kubernetes
+  (``role`` + the JWT file, read again at each login, so a rotated token is picked up): each
+  logs in again when the token is refused or can no longer be renewed.
+A failed login is not tried again before a back-off (1, 2, 4 ... 30 s, with jitter) has
+passed: until then the same failure is raised without asking the vault, so a refusing vault is
+not flooded by every job that needs it.
 To add a method, write its ``authenticate`` function and add a row.
 """
 
@@ -14,20 +20,22 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import hvac
 import hvac.exceptions as hvac_errors
 
-from agent.config.config import VaultConfig
 from agent.config.parameters import VAULT_PREFIX
-from agent.credentials.vault.client import FAILURES, AuthFailed, VaultClient
+from agent.config.vault import VaultConfig
+from agent.credentials.vault.client import FAILURES, AuthFailed, LocalFailure, VaultClient
 from agent.credentials.vault.timing import RENEW_FRACTION, due, retry_delay
 from agent.errors import VaultError
 
 log = logging.getLogger("agent.vault")
 
 T = TypeVar("T")
+MAX_JWT = 64 * 1024  # a JWT file larger than this is not a JWT
 AuthCallback = Callable[[str], object]
 
 
@@ -43,11 +51,11 @@ class LoginMethod:
     """One way to get a token. ``logs_in``: a new token comes from logging in again; without
     it the configured token is all there is."""
 
+    key: str  # as ext.cred.hashicorp.vault.auth_method names it
     name: str
     step: str  # the request, as messages name it
     hint: str  # what to check when the vault refuses it
     logs_in: bool
-    configured: Callable[[VaultConfig], bool]
     authenticate: Callable[[hvac.Client, VaultConfig], Grant]
 
 
@@ -61,21 +69,80 @@ def _token(client: hvac.Client, config: VaultConfig) -> Grant:
     return Grant(data.get("ttl"), data.get("renewable"))
 
 
+def _cert(client: hvac.Client, config: VaultConfig) -> Grant:
+    """auth/cert: the vault matches the certificate the connection presented (VaultClient
+    mounts it); ``role`` picks the entry, else the vault tries them all."""
+    return _login(client, config, {"name": config.role} if config.role else {})
+
+
+def _jwt(client: hvac.Client, config: VaultConfig) -> Grant:
+    """auth/jwt and auth/kubernetes: the same request, ``role`` and the JWT read just now."""
+    assert config.token_file is not None
+    return _login(client, config, {"role": config.role, "jwt": read_jwt(config.token_file)})
+
+
+def _login(client: hvac.Client, config: VaultConfig, body: dict[str, Any]) -> Grant:
+    auth = client.login(f"/v1/auth/{config.mount}/login", json=body)["auth"]
+    return Grant(auth.get("lease_duration"), auth.get("renewable"))
+
+
+def read_jwt(path: Path) -> str:
+    """The JWT in ``path``, stripped; ``LocalFailure`` naming the file when it cannot be used."""
+    where = f"{VAULT_PREFIX}jwt_path ({path})"
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_JWT + 1)
+    except OSError as exc:
+        raise LocalFailure(f"cannot read {where}: {exc.strerror or exc}") from None
+    if len(data) > MAX_JWT:
+        raise LocalFailure(f"{where} is over {MAX_JWT // 1024} KiB: not a JWT")
+    text = data.decode("ascii", "replace").strip()
+    if text.count(".") != 2:
+        raise LocalFailure(f"{where} holds no JWT (three dot-separated parts)")
+    return text
+
+
+P = VAULT_PREFIX
 METHODS = (
     LoginMethod(
+        "approle",
         "AppRole",
         "AppRole login",
-        f"check {VAULT_PREFIX}role_id and {VAULT_PREFIX}secret_id",
+        f"check {P}role_id and {P}secret_id",
         True,
-        lambda config: bool(config.role_id and config.secret_id),
         _approle,
     ),
     LoginMethod(
+        "cert",
+        "TLS certificate",
+        "certificate login",
+        f"is the CA of {P}client_cert registered at auth/{{mount}}/certs? check {P}role and "
+        f"{P}auth_mount",
+        True,
+        _cert,
+    ),
+    LoginMethod(
+        "jwt",
+        "JWT",
+        "JWT login",
+        f"check the JWT in {P}jwt_path (signature, audience, expiry) and {P}role",
+        True,
+        _jwt,
+    ),
+    LoginMethod(
+        "kubernetes",
+        "Kubernetes",
+        "Kubernetes login",
+        f"check the service-account token ({P}jwt_path) and {P}role",
+        True,
+        _jwt,
+    ),
+    LoginMethod(
+        "token",
         "token",
         "token lookup",
-        f"the token is expired, revoked or wrong: check {VAULT_PREFIX}token",
+        f"the token is expired, revoked or wrong: check {P}token",
         False,
-        lambda config: bool(config.token),
         _token,
     ),
 )
@@ -83,7 +150,7 @@ METHODS = (
 
 def method_for(config: VaultConfig) -> LoginMethod | None:
     """The login method config.xml sets up, if any."""
-    return next((method for method in METHODS if method.configured(config)), None)
+    return next((method for method in METHODS if method.key == config.login_method), None)
 
 
 @dataclass(frozen=True)
@@ -126,6 +193,11 @@ class Session:
         self.lease: Lease | None = None
         self.due: float | None = None  # when to renew the token
         self._granted = 0.0  # the TTL the last login (or first lookup) granted
+        self.attempts = 0  # logins tried, refused or not
+        self._refused: AuthFailed | None = None  # the last login's failure, until one succeeds
+        self._refusals = 0  # failed logins in a row
+        self._retry_at = 0.0  # no login before this after a failure
+        self._renew_failures = 0  # failed renewals in a row
 
     async def call(self, what: str, request: Callable[[hvac.Client], T]) -> T:
         """Run ``request`` on the vault thread, logged in; failures become ``VaultError``."""
@@ -150,9 +222,12 @@ class Session:
                 log.error("%s: set a new %stoken", exc, VAULT_PREFIX)
                 return
             lease = self.lease
-            self.due = time.time() + retry_delay(lease.expires if lease else None)
-            log.warning("%s (trying again in %.0f s)", exc, self.due - time.time())
+            self._renew_failures += 1
+            delay = retry_delay(lease.expires if lease else None, self._renew_failures)
+            self.due = time.time() + delay
+            log.warning("%s (trying again in %.0f s)", exc, delay)
             return
+        self._renew_failures = 0
         if renewed:
             self.notify("renew")
 
@@ -184,14 +259,23 @@ class Session:
 
     def _authenticate(self) -> None:
         """Log in, or look up the configured token to learn its TTL."""
-        method = self.method
+        method, config = self.method, self.client.config
+        hint = method.hint.format(mount=config.mount)
+        wait = self._retry_at - time.time()
+        if method.logs_in and self._refused is not None and wait > 0:
+            cause = self._refused.cause
+            raise AuthFailed(method.step, cause, f"{hint} (next attempt in {wait:.0f} s)")
         try:
-            grant = method.authenticate(self.client.hvac, self.client.config)
-            if method.logs_in:
-                self.logins += 1
+            self.attempts += method.logs_in
+            grant = method.authenticate(self.client.hvac, config)
             lease = Lease.of(grant)
         except FAILURES as exc:
-            raise AuthFailed(method.step, exc, method.hint) from exc
+            self._refused = AuthFailed(method.step, exc, hint)
+            self._refusals += 1
+            self._retry_at = time.time() + retry_delay(None, self._refusals)
+            raise self._refused from exc
+        self.logins += method.logs_in
+        self._refused, self._refusals = None, 0
         self._granted = lease.ttl
         self._set_lease(lease)
 

@@ -34,6 +34,7 @@ class Held:
     profile: ProfileConfig
     material: ProfileMaterial
     renew_at: float | None = None
+    failures: int = 0  # failed renewals in a row (the back-off grows with them)
 
 
 class Renewals:
@@ -105,7 +106,8 @@ class Renewals:
         try:
             material = await issue(self.session, profile, profile.vault_pki)
         except Exception as exc:  # noqa: BLE001 - keep the current certificate, try again later
-            held.renew_at = time.time() + retry_delay(expiry(held.material))
+            held.failures += 1
+            held.renew_at = time.time() + retry_delay(expiry(held.material), held.failures)
             if self.on_failure is not None:
                 self.on_failure(name)
             if not isinstance(exc, VaultError | KeystoreError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent.credentials.sources import ProfileMaterial
 
 RENEW_FRACTION = 2 / 3  # renew tokens and certificates after this share of their lifetime
+RETRY_FIRST = 1.0  # seconds before the first retry after a failure (before jitter)
 RETRY_MAX = 30.0  # seconds between attempts to renew after a failure, at most
 
 
@@ -15,12 +18,17 @@ def due(when: float | None) -> bool:
     return when is not None and when <= time.time()
 
 
-def retry_delay(expires: float | None) -> float:
-    """After a failed renewal: try again soon, sooner as expiry nears, never in a tight loop."""
+def retry_delay(
+    expires: float | None, failures: int = 1, rand: Callable[[], float] = random.random
+) -> float:
+    """After the ``failures``-th failure in a row: back off (1, 2, 4 ... RETRY_MAX s), never
+    beyond a quarter of the time left before ``expires``, and jittered to between half and all
+    of that, so that agents which lost the vault together do not come back together."""
+    delay = min(RETRY_MAX, RETRY_FIRST * (1 << min(max(failures, 1) - 1, 16)))
     left = None if expires is None else expires - time.time()
-    if left is None or left <= 0:
-        return RETRY_MAX / 3  # nothing left to save: keep trying, quietly
-    return min(RETRY_MAX, max(1.0, left / 4))
+    if left is not None and left > 0:
+        delay = min(delay, max(RETRY_FIRST, left / 4))
+    return delay * (0.5 + rand() / 2)
 
 
 def expiry(material: ProfileMaterial) -> float | None:
