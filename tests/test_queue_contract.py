@@ -1,11 +1,12 @@
 """One contract for every queue backend: the semantics agent/queues/base.py promises.
 
 Each case runs against the embedded SQLite queue, PostgreSQL (a fresh database) and the ECC
-queue over the in-test Table API (tests/support/fake_instance.py). The ECC queue follows the MID's
-model, "one agent name is one agent": it has no leases, fencing tokens or atomic claims (the
-Table API offers no compare-and-set). The cases about those run on the backends that promise
-them (SQLite, PostgreSQL); the ECC queue's own promise, that an agent restarted under its name
-takes back the records it left in ``processing``, has its own case.
+queue over the in-test Table API (tests/support/fake_instance.py). All three lease claims and
+fence out stale tokens. Only SQLite and PostgreSQL claim atomically: the Table API offers no
+compare-and-set, so the ECC queue writes a claim and reads it back, which leaves a moment in
+which two agents can both take a record; the case about concurrent claimers runs on the other
+two. The ECC queue's own cases (a restart takes back its records at once, a live lease is left
+alone, a claim overwritten meanwhile is let go, a table without the lease fields) follow.
 """
 
 from __future__ import annotations
@@ -96,11 +97,20 @@ async def backend(
         yield made
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "ecc"])
 async def leased(
     request: pytest.FixtureRequest, tmp_path: Path, pki: PKI
 ) -> AsyncIterator[Backend]:
-    """The backends with leases, fencing tokens and atomic claims (not the ECC queue)."""
+    """The backends with leases and fencing tokens (all of them)."""
+    async with make_backend(request.param, tmp_path, pki) as made:
+        yield made
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def atomic(
+    request: pytest.FixtureRequest, tmp_path: Path, pki: PKI
+) -> AsyncIterator[Backend]:
+    """The backends whose claims are atomic (not the ECC queue: see the module's docstring)."""
     async with make_backend(request.param, tmp_path, pki) as made:
         yield made
 
@@ -299,8 +309,8 @@ async def test_results_survive_close_and_open(backend: Backend) -> None:
         assert waiting is not None and waiting.state == "ready"
 
 
-async def test_concurrent_claimers_never_share_a_job(leased: Backend) -> None:
-    backend = leased
+async def test_concurrent_claimers_never_share_a_job(atomic: Backend) -> None:
+    backend = atomic
     ids = [f"c-{i:03d}" for i in range(60)]
     async with AsyncExitStack() as stack:
         one = await stack.enter_async_context(backend.opened())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,9 @@ from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import AgentConfig
 from agent.engine.engine import Engine
 from agent.errors import JobError
-from agent.queues.ecc import EccQueue, job_from_record
+from agent.jobs.results import Result
+from agent.queues.ecc import ATTEMPTS, HOLDER, UNTIL, EccQueue, lease_stamp
+from agent.queues.ecc_records import job_from_record
 from agent.queues.journal import Journal
 from agent.worker.worker import Worker
 from tests.support.configs import profile_config
@@ -43,9 +48,14 @@ def client_ctx(pki: PKI) -> ssl.SSLContext:
     return ctx
 
 
-def ecc(url: str, pki: PKI, password: str = "mid-pass") -> EccQueue:
+def ecc(url: str, pki: PKI, password: str = "mid-pass", host: str | None = None) -> EccQueue:
     return EccQueue(
-        url, agent=AGENT, username="mid.user", password=password, ssl_context=client_ctx(pki)
+        url,
+        agent=AGENT,
+        username="mid.user",
+        password=password,
+        ssl_context=client_ctx(pki),
+        host=host,
     )
 
 
@@ -195,3 +205,83 @@ async def test_rejected_credentials_are_named(
     finally:
         await queue.close()
     assert "mid.instance.username" in str(info.value) and "wrong-password" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- leases
+
+
+@asynccontextmanager
+async def opened(queue: EccQueue) -> AsyncIterator[EccQueue]:
+    await queue.open()
+    try:
+        yield queue
+    finally:
+        await queue.close()
+
+
+async def test_a_dead_agents_job_is_taken_by_another_once_its_lease_lapses(
+    pki: PKI, instance: FakeInstance, instance_url: str, mtls_server: DemoServer
+) -> None:
+    sys_id = instance.output_record("RESTProbe", rest_payload(mtls_server.port), AGENT)
+    async with (
+        opened(ecc(instance_url, pki, host="node-a")) as dead,
+        opened(ecc(instance_url, pki, host="node-b")) as other,
+    ):
+        (first,) = await dead.claim(AGENT, 5, 60)
+        record = instance.records[sys_id]
+        assert record["state"] == "processing" and record[HOLDER] == f"{AGENT}@node-a#0"
+        assert int(record[UNTIL]) > time.time() * 1000 and record[ATTEMPTS] == 1
+        assert await other.claim(AGENT, 5, 60) == []  # a live lease is left alone
+        record[UNTIL] = lease_stamp(time.time() - 1)  # node-a died: nobody renewed it
+        (taken,) = await other.claim(AGENT, 5, 60)
+        assert taken.job.id == first.job.id == sys_id
+        assert taken.attempt == taken.token == 2 and record[HOLDER] == f"{AGENT}@node-b#0"
+        # node-a comes back late: its renewal and its result are fenced out, not written
+        assert await dead.renew([first], 60) == [first]
+        assert await dead.complete([(first, Result.failed(sys_id, "timeout", "late"))]) == [first]
+        assert instance.answers_to(sys_id) == [] and record["state"] == "processing"
+        ok = Result(id=sys_id, state="processed", status=200, body="ok")
+        assert await other.complete([(taken, ok)]) == []
+    assert record["state"] == "processed" and len(instance.answers_to(sys_id)) == 1
+
+
+async def test_renewal_moves_the_lease_on(
+    pki: PKI, instance: FakeInstance, instance_url: str
+) -> None:
+    instance.output_record("RESTProbe", rest_payload(8443), AGENT)
+    async with opened(ecc(instance_url, pki)) as queue:
+        (claim,) = await queue.claim(AGENT, 1, 1)
+        (record,) = [r for r in instance.records.values() if r.get("queue") == "output"]
+        before = int(record[UNTIL])
+        assert await queue.renew([claim], 3600) == []
+        assert int(record[UNTIL]) - before > 3000 * 1000
+
+
+async def test_a_claim_overwritten_meanwhile_is_let_go(
+    pki: PKI, instance: FakeInstance, instance_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Table API has no compare-and-set: the claim is read back, and the later writer wins."""
+    caplog.set_level(logging.INFO, "agent.queues.ecc")
+    sys_id = instance.output_record("RESTProbe", rest_payload(8443), AGENT)
+    instance.after_patch[sys_id] = {HOLDER: f"{AGENT}@node-z#0"}  # another agent, just after
+    async with opened(ecc(instance_url, pki, host="node-a")) as queue:
+        assert await queue.claim(AGENT, 5, 60) == []
+    assert instance.records[sys_id][HOLDER] == f"{AGENT}@node-z#0"
+    assert "claimed by another agent meanwhile" in caplog.text
+
+
+async def test_a_table_without_the_lease_fields_falls_back_to_one_agent_per_name(
+    pki: PKI, instance: FakeInstance, instance_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    instance.lacks = (HOLDER, UNTIL, ATTEMPTS)
+    sys_id = instance.output_record("RESTProbe", rest_payload(8443), AGENT)
+    async with opened(ecc(instance_url, pki)) as first:
+        (claim,) = await first.claim(AGENT, 5, 60)
+        assert first.leases is False
+        assert await first.claim(AGENT, 5, 60) == []  # not taken twice by the same run
+        assert await first.renew([claim], 60) == []
+    assert f"has no {HOLDER}" in caplog.text and "see the README" in caplog.text
+    assert HOLDER not in instance.records[sys_id]
+    async with opened(ecc(instance_url, pki)) as restarted:  # the MID's model: a restart
+        (again,) = await restarted.claim(AGENT, 5, 60)
+        assert again.job.id == sys_id

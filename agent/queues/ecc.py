@@ -1,22 +1,26 @@
 """The instance's ECC queue over its REST Table API (``url = https://instance``).
 
-Mapping (documented in the README):
+Mapping (documented in the README; record formats in ``ecc_records``):
 
 - jobs are ``ecc_queue`` records with ``agent=mid.server.<name>``, ``queue=output``,
-  ``state=ready`` and topic ``RESTProbe`` or ``SOAPProbe``. Their ``payload`` is either a JSON
-  job or the MID's XML form ``<parameters><parameter name="endpoint" value="..."/>...``
-  (``rest_endpoint``/``endpoint``, ``http_method``/``method``, ``headers`` as JSON,
-  ``body``/``content``, ``soap_action``, ``soap_version``, ``protocol_profile``, ``sni``,
-  ``timeout``, ``max_attempts``). The record's ``sys_id`` is the job id.
-- claiming marks the record ``processing`` (the Table API has no atomic claim: one agent name
-  is one agent, as with the MID). Records left ``processing`` by this agent name when it stopped
-  are taken up again on start.
-- a result is an ``input`` record with ``response_to`` = the output record's sys_id, topic and
-  name as the job's, and a payload ``<results><result><output>BODY</output><http_status_code>..
-  </http_status_code><headers>JSON</headers><error>..</error></result></results>``; the output
+  ``state=ready`` and topic ``RESTProbe`` or ``SOAPProbe``; the record's ``sys_id`` is the job
+  id (or ``agent_correlator``, for a job enqueued with an id of its own).
+- claiming marks the record ``processing`` under a lease, in three fields of the record:
+  ``u_agent_claimed_by`` (who holds it: the agent name, host and worker), ``u_agent_lease_until``
+  (milliseconds since the epoch, 13 digits, so text and numbers order alike) and
+  ``u_agent_attempts`` (the claim count, which is also the fencing token). The holder renews the
+  lease while the job runs. A record whose lease lapsed (its agent died) is claimed by the next
+  agent that polls; a record the same holder left behind (a restart) is taken back at once.
+- the Table API has no conditional update, so a claim is written and read back: a claimer that
+  finds another holder in the record lets it go. Results, renewals and releases check that the
+  record is still this claim's (holder and token) before writing, so a late agent does not write
+  over a newer run. Two agents can still both take a record in the moment between one's write
+  and the other's read-back: the one house of atomic claims is SQLite or PostgreSQL.
+- an instance whose ``ecc_queue`` lacks the three fields ignores them (the Table API drops
+  unknown fields): the agent says so once and falls back to the MID's model, one agent per
+  name, whose records left ``processing`` are taken back when it starts again.
+- a result is an ``input`` record with ``response_to`` = the output record's sys_id; the output
   record then becomes ``processed`` (or ``error`` with ``error_string``).
-- a job enqueued with an id of its own carries it in ``agent_correlator``; its result is found
-  again by that id (the ``agent_result`` element of the input payload holds the result JSON).
 - a heartbeat ``input`` record (topic ``HeartbeatProbe``) is written every ``HEARTBEAT`` seconds.
 """
 
@@ -25,105 +29,50 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import ssl
+import time
+from dataclasses import dataclass
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 import aiohttp
 
-from agent.config.config import DEFAULT_MAX_JOB_BYTES
 from agent.errors import JobError, QueueError
-from agent.http.xmlsafe import XMLRejected, parse_xml
-from agent.jobs.jsonguard import MAX_DEPTH, nested_deeper
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from agent.queues.base import Claim, JobStatus, Queue
+from agent.queues.base import Claim, JobStatus, Queue, different_content
+from agent.queues.ecc_records import (
+    job_from_record,
+    looks_like_sys_id,
+    result_of,
+    result_payload,
+)
+
+__all__ = ["EccQueue", "job_from_record"]
 
 log = logging.getLogger("agent.queues.ecc")
 
 TABLE = "/api/now/table/ecc_queue"
 TOPICS = ("RESTProbe", "SOAPProbe")
 HEARTBEAT = 60.0
-FIELD_ALIASES = {
-    "rest_endpoint": "endpoint",
-    "http_method": "method",
-    "content": "body",
-}
-INT_FIELDS = ("timeout", "max_attempts")
+HOLDER, UNTIL, ATTEMPTS = "u_agent_claimed_by", "u_agent_lease_until", "u_agent_attempts"
 
 
-def job_from_record(record: dict[str, Any], max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Job:
-    """The Job an output record describes; JobError names what is wrong. A payload over
-    ``max_job_bytes``, or nested deeper than a job can be, is refused without being parsed."""
-    payload = (record.get("payload") or "").strip()
-    if len(payload) > max_job_bytes:
-        raise JobError(
-            "payload", f"is {len(payload)} characters, over agent.max_job_bytes ({max_job_bytes})"
-        )
-    raw: dict[str, Any]
-    if payload.startswith("{"):
-        if nested_deeper(payload, MAX_DEPTH):
-            raise JobError("payload", f"is nested deeper than {MAX_DEPTH} levels: not a job")
-        try:
-            raw = json.loads(payload)
-        except (ValueError, RecursionError) as exc:
-            raise JobError("payload", f"is not valid JSON: {exc}") from None
-    else:
-        raw = _xml_parameters(payload)
-    raw["id"] = record.get("agent_correlator") or record["sys_id"]
-    raw["topic"] = record.get("topic")
-    return Job.from_dict(raw)
+def lease_stamp(when: float) -> str:
+    """A lease end as the record holds it: milliseconds since the epoch, 13 digits."""
+    return f"{int(when * 1000):013d}"
 
 
-def _xml_parameters(payload: str) -> dict[str, Any]:
-    try:
-        root = parse_xml(payload.encode())
-    except XMLRejected as exc:
-        raise JobError("payload", f"is not usable XML: {exc}") from None
-    raw: dict[str, Any] = {}
-    for elem in root.iter("parameter"):
-        name = FIELD_ALIASES.get(elem.get("name") or "", elem.get("name") or "")
-        value = elem.get("value") if elem.get("value") is not None else (elem.text or "")
-        raw[name] = value
-    if isinstance(raw.get("headers"), str) and raw["headers"]:
-        try:
-            raw["headers"] = json.loads(raw["headers"])
-        except ValueError:
-            raise JobError("headers", "must be a JSON object in the payload") from None
-    for name in INT_FIELDS:
-        if isinstance(raw.get(name), str) and raw[name]:
-            try:
-                raw[name] = float(raw[name]) if name == "timeout" else int(raw[name])
-            except ValueError:
-                raise JobError(name, f"must be a number, got {raw[name]!r}") from None
-    return {k: v for k, v in raw.items() if v not in ("", None)}
+@dataclass(frozen=True)
+class Held:
+    """A record this queue object claimed: where it is, and the claim's token."""
 
-
-def result_payload(result: Result) -> str:
-    """The ``<results>`` payload of the input record answering a job."""
-    body = result.body if result.body is not None else (result.body_base64 or "")
-    parts = [
-        f"<output>{escape(body)}</output>",
-        f"<http_status_code>{'' if result.status is None else result.status}</http_status_code>",
-        f"<headers>{escape(json.dumps(result.headers))}</headers>",
-        f"<elapsed_ms>{result.elapsed_ms}</elapsed_ms>",
-        f"<attempts>{result.attempts}</attempts>",
-    ]
-    if result.body_base64 is not None:
-        parts.append("<output_encoding>base64</output_encoding>")
-    if result.error is not None:
-        parts.append(
-            f"<error kind={quoteattr(result.error.kind)}>{escape(result.error.message)}</error>"
-        )
-    if result.soap_fault is not None:
-        f = result.soap_fault
-        parts.append(
-            f"<soap_fault><code>{escape(f.code)}</code><message>{escape(f.message)}</message>"
-            f"<detail>{escape(f.detail or '')}</detail></soap_fault>"
-        )
-    parts.append(f"<tls>{escape(json.dumps(result.tls.__dict__))}</tls>")
-    parts.append(f"<agent_result>{escape(json.dumps(result.to_dict()))}</agent_result>")
-    return f"<results><result>{''.join(parts)}</result></results>"
+    sys_id: str
+    topic: str
+    name: str
+    holder: str
+    token: int
 
 
 class EccQueue(Queue):
@@ -135,6 +84,7 @@ class EccQueue(Queue):
         username: str | None,
         password: str | None,
         ssl_context: ssl.SSLContext | None = None,
+        host: str | None = None,
     ) -> None:
         self.base = url.rstrip("/")
         self.agent = agent
@@ -142,10 +92,14 @@ class EccQueue(Queue):
         if username:
             self._headers["Authorization"] = aiohttp.encode_basic_auth(username, password or "")
         self.ssl_context = ssl_context
+        # Who claims: the agent name given to claim(), here, as which worker process.
+        worker = os.environ.get("AGENT_WORKER_INDEX") or "0"
+        self._where = f"@{host or socket.gethostname()}#{worker}"
         self._session: aiohttp.ClientSession | None = None
-        self._records: dict[str, tuple[str, str, str]] = {}  # job id -> (sys_id, topic, name)
+        self._held: dict[tuple[str, int], Held] = {}  # (job id, token) -> the claimed record
         self._heartbeat: asyncio.Task[None] | None = None
         self._recovered = False
+        self.leases: bool | None = None  # whether the table keeps the lease fields (None: unseen)
 
     async def open(self) -> None:
         ctx = self.ssl_context or ssl.create_default_context()
@@ -183,19 +137,38 @@ class EccQueue(Queue):
                 f"instance {self.base} unreachable: {exc.__class__.__name__} {exc}"
             ) from exc
 
+    async def _list(self, query: str, limit: int) -> list[dict[str, Any]]:
+        data = await self._call(
+            "GET", TABLE, params={"sysparm_query": query, "sysparm_limit": str(limit)}
+        )
+        found = data.get("result")
+        return [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []
+
     async def _find(self, job_id: str, queue: str = "output") -> dict[str, Any] | None:
-        field = "sys_id" if _looks_like_sys_id(job_id) else "agent_correlator"
+        field = "sys_id" if looks_like_sys_id(job_id) else "agent_correlator"
         query = f"agent={self.agent}^queue={queue}^{field}={job_id}"
         if queue == "input":
             query = f"agent={self.agent}^queue=input^response_to={job_id}"
-        data = await self._call("GET", TABLE, params={"sysparm_query": query, "sysparm_limit": "1"})
-        found = data.get("result") or []
+        found = await self._list(query, 1)
         return found[0] if found else None
 
     async def enqueue(self, jobs: list[Job]) -> list[str]:
-        ids = []
+        """Write an output record per new job; a job already there with the same payload is
+        left alone, one there with another payload refuses the batch before anything is
+        written (the Table API has no transactions: the check comes first)."""
+        new: dict[str, str] = {}
         for job in jobs:
-            if await self._find(job.id) is None:
+            payload = json.dumps({k: v for k, v in job.to_dict().items() if k != "id"})
+            if new.setdefault(job.id, payload) != payload:
+                raise different_content(job.id)
+            found = await self._find(job.id)
+            if found is not None:
+                if found.get("payload") != payload:
+                    raise different_content(job.id)
+                new[job.id] = ""  # there already
+        for job in jobs:
+            payload = new.pop(job.id, "")
+            if payload:
                 record = {
                     "agent": self.agent,
                     "queue": "output",
@@ -204,50 +177,136 @@ class EccQueue(Queue):
                     "name": job.endpoint,
                     "source": "agent-cli",
                     "agent_correlator": job.id,
-                    "payload": json.dumps({k: v for k, v in job.to_dict().items() if k != "id"}),
+                    "payload": payload,
                 }
                 await self._call("POST", TABLE, json=record)
-            ids.append(job.id)
-        return ids
+        return [job.id for job in jobs]
+
+    # ------------------------------------------------------------------ claims and leases
 
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
-        states = "stateINready,processing" if not self._recovered else "state=ready"
-        topics = ",".join(TOPICS)
-        query = f"agent={self.agent}^queue=output^{states}^topicIN{topics}^ORDERBYsys_created_on"
-        data = await self._call(
-            "GET", TABLE, params={"sysparm_query": query, "sysparm_limit": str(limit)}
-        )
+        """Ready records first; then, while there is room, this holder's own records from
+        before a restart (once), and records whose lease lapsed or that never had one."""
+        if limit <= 0:
+            return []
+        holder = agent + self._where
+        outputs = f"agent={self.agent}^queue=output^topicIN{','.join(TOPICS)}"
+        lapsed = f"{UNTIL}<{lease_stamp(time.time())}^OR{UNTIL}ISEMPTY"
+        queries = {
+            "ready": "state=ready",
+            "left behind": f"state=processing^{HOLDER}={holder}",
+            "lapsed": f"state=processing^{lapsed}",
+        }
+        claims: list[Claim] = []
+        for kind, query in queries.items():
+            if len(claims) >= limit or (kind == "left behind" and self._recovered):
+                continue
+            if kind == "lapsed" and self.leases is False:
+                continue  # without lease fields this query would match every record in flight
+            found = await self._list(
+                f"{outputs}^{query}^ORDERBYsys_created_on", limit - len(claims)
+            )
+            for record in found:
+                claim = await self._take(record, holder, lease_seconds)
+                if claim is not None:
+                    claims.append(claim)
         self._recovered = True
-        claims = []
-        for record in data.get("result", []):
-            claim = await self._claim_record(record)
-            if claim is not None:
-                claims.append(claim)
         return claims
 
-    async def _claim_record(self, record: dict[str, Any]) -> Claim | None:
-        sys_id = record["sys_id"]
-        job_id = record.get("agent_correlator") or sys_id
-        self._records[job_id] = (sys_id, record.get("topic", ""), record.get("name", ""))
+    async def _take(
+        self, record: dict[str, Any], holder: str, lease_seconds: float
+    ) -> Claim | None:
+        """Claim one record: write the lease, read it back, keep it only if it is ours."""
+        sys_id = str(record.get("sys_id") or "")
+        job_id = str(record.get("agent_correlator") or sys_id)
+        token = _int(record.get(ATTEMPTS))
+        here = self._held.get((job_id, token))
+        if not sys_id or (here is not None and here.holder == holder):
+            return None  # this very claim is held here (a record the queries found twice)
+        if self.leases is False and any(held == job_id for held, _ in self._held):
+            return None  # no lease fields to tell claims apart: one claim per job here
+        token += 1
+        lease = {HOLDER: holder, UNTIL: lease_stamp(time.time() + lease_seconds), ATTEMPTS: token}
+        written = await self._patch(sys_id, {"state": "processing", **lease})
+        if self._keeps_leases(written):
+            now = await self._get(sys_id)
+            if now is None or not _is_claim(now, holder, token):
+                log.info("ecc record %s: claimed by another agent meanwhile; left to it", sys_id)
+                return None
+        topic, name = str(record.get("topic", "")), str(record.get("name", ""))
+        held = Held(sys_id, topic, name, holder, token)
+        self._held[job_id, token] = held
         try:
             job = job_from_record(record, self.max_job_bytes)
         except JobError as exc:
             log.error("ecc record %s is not a usable job: %s", sys_id, exc)
-            await self._finish(job_id, Result.failed(job_id, exc.kind, exc.message))
+            claim = Claim(Job(id=job_id, topic="RESTProbe", endpoint=""), token, token)
+            await self._finish(claim, Result.failed(job_id, exc.kind, exc.message))
             return None
-        await self._call("PATCH", f"{TABLE}/{sys_id}", json={"state": "processing"})
-        return Claim(job=job, token=1, attempt=1)
+        return Claim(job=job, token=token, attempt=token)
+
+    def _keeps_leases(self, written: dict[str, Any]) -> bool:
+        """Whether the table stores the lease fields (the answer to our write shows them)."""
+        if self.leases is None:
+            self.leases = HOLDER in written and UNTIL in written
+            if not self.leases:
+                log.warning(
+                    "ecc_queue on %s has no %s / %s / %s fields: jobs are not leased; a job "
+                    "whose agent died runs again only when an agent of this name restarts "
+                    "(add the fields to the table: see the README)",
+                    self.base,
+                    HOLDER,
+                    UNTIL,
+                    ATTEMPTS,
+                )
+        return self.leases
 
     async def renew(self, claims: list[Claim], lease_seconds: float) -> list[Claim]:
-        return []  # one agent per name: records stay ``processing`` until answered
+        """Extend the leases still ours; the claims another agent took are fenced out."""
+        mine, fenced = await self._still_ours(claims)
+        until = lease_stamp(time.time() + lease_seconds)
+        for claim in mine:
+            await self._patch(self._held[_key(claim)].sys_id, {UNTIL: until})
+        return fenced
 
     async def complete(self, results: list[tuple[Claim, Result]]) -> list[Claim]:
+        mine, fenced = await self._still_ours([claim for claim, _ in results])
+        ours = {id(claim) for claim in mine}
         for claim, result in results:
-            await self._finish(claim.job.id, result)
-        return []
+            if id(claim) in ours:
+                await self._finish(claim, result)
+        return fenced
 
-    async def _finish(self, job_id: str, result: Result) -> None:
-        sys_id, topic, name = self._records.pop(job_id, (job_id, "", ""))
+    async def release(self, claims: list[Claim]) -> None:
+        """Give records back as ``ready``, without counting the attempt."""
+        mine, _ = await self._still_ours(claims)
+        for claim in mine:
+            held = self._held.pop(_key(claim))
+            back = {"state": "ready", HOLDER: "", UNTIL: "", ATTEMPTS: held.token - 1}
+            await self._patch(held.sys_id, back)
+
+    async def _still_ours(self, claims: list[Claim]) -> tuple[list[Claim], list[Claim]]:
+        """``claims`` split into those whose record still shows this claim and the rest.
+        Without lease fields on the table every claim counts as ours (one agent per name)."""
+        known = [c for c in claims if _key(c) in self._held]
+        fenced = [c for c in claims if _key(c) not in self._held]
+        if not self.leases or not known:
+            return known, fenced
+        ids = ",".join(sorted({self._held[_key(c)].sys_id for c in known}))
+        records = {str(r.get("sys_id")): r for r in await self._list(f"sys_idIN{ids}", len(known))}
+        mine = []
+        for claim in known:
+            held = self._held[_key(claim)]
+            record = records.get(held.sys_id)
+            if record is not None and _is_claim(record, held.holder, held.token):
+                mine.append(claim)
+            else:
+                self._held.pop(_key(claim))
+                fenced.append(claim)
+        return mine, fenced
+
+    async def _finish(self, claim: Claim, result: Result) -> None:
+        held = self._held.pop(_key(claim))
         await self._call(
             "POST",
             TABLE,
@@ -255,22 +314,28 @@ class EccQueue(Queue):
                 "agent": self.agent,
                 "queue": "input",
                 "state": "ready",
-                "topic": topic,
-                "name": name,
+                "topic": held.topic,
+                "name": held.name,
                 "source": self.agent,
-                "response_to": sys_id,
+                "response_to": held.sys_id,
                 "payload": result_payload(result),
             },
         )
-        update: dict[str, Any] = {"state": result.state}
+        update: dict[str, Any] = {"state": result.state, UNTIL: ""}
         if result.error is not None:
             update["error_string"] = f"{result.error.kind}: {result.error.message}"
-        await self._call("PATCH", f"{TABLE}/{sys_id}", json=update)
+        await self._patch(held.sys_id, update)
 
-    async def release(self, claims: list[Claim]) -> None:
-        for claim in claims:
-            sys_id = self._records.pop(claim.job.id, (claim.job.id, "", ""))[0]
-            await self._call("PATCH", f"{TABLE}/{sys_id}", json={"state": "ready"})
+    async def _patch(self, sys_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        data = await self._call("PATCH", f"{TABLE}/{sys_id}", json=fields)
+        record = data.get("result")
+        return record if isinstance(record, dict) else {}
+
+    async def _get(self, sys_id: str) -> dict[str, Any] | None:
+        found = await self._list(f"sys_id={sys_id}", 1)
+        return found[0] if found else None
+
+    # ------------------------------------------------------------------ status
 
     async def status(self, job_id: str) -> JobStatus | None:
         record = await self._find(job_id)
@@ -280,7 +345,7 @@ class EccQueue(Queue):
         if state not in ("processed", "error"):
             return JobStatus(id=job_id, state=state, result=None)
         answer = await self._find(record["sys_id"], queue="input")
-        return JobStatus(id=job_id, state=state, result=_result_of(answer, job_id))
+        return JobStatus(id=job_id, state=state, result=result_of(answer, job_id))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -303,19 +368,21 @@ class EccQueue(Queue):
             await asyncio.sleep(HEARTBEAT)
 
 
-def _result_of(record: dict[str, Any] | None, job_id: str) -> Result | None:
-    if record is None:
-        return None
+def _key(claim: Claim) -> tuple[str, int]:
+    return claim.job.id, claim.token
+
+
+def _int(value: object) -> int:
     try:
-        root = parse_xml((record.get("payload") or "").encode())
-    except XMLRejected:
-        return None
-    elem = root.find(".//agent_result")
-    if elem is None or not elem.text:
-        return None
-    result = Result.from_dict(json.loads(elem.text))
-    return result if result.id == job_id else None
+        return int(str(value or "0"))
+    except ValueError:
+        return 0
 
 
-def _looks_like_sys_id(value: str) -> bool:
-    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+def _is_claim(record: dict[str, Any], holder: str, token: int) -> bool:
+    """Whether ``record`` is in ``processing`` under claim ``token`` of ``holder``."""
+    return (
+        record.get("state") == "processing"
+        and _int(record.get(ATTEMPTS)) == token
+        and record.get(HOLDER) == holder
+    )

@@ -2,9 +2,12 @@
 
 It follows the documented behaviour the agent relies on: basic auth (401 on bad credentials),
 ``GET /api/now/table/ecc_queue`` with an encoded ``sysparm_query`` (``field=value``,
-``fieldINa,b``, ``^`` for AND, ``ORDERBYfield``) and ``sysparm_limit``, ``GET .../{sys_id}``
-(404 when unknown), ``POST`` (insert; ``sys_id`` assigned unless given), ``PATCH .../{sys_id}``
-(update). Answers are ``{"result": ...}``. ``outage`` makes every call answer 503.
+``fieldINa,b``, ``field<value``, ``fieldISEMPTY``, ``^`` for AND, ``^OR``, ``ORDERBYfield``) and
+``sysparm_limit``, ``GET .../{sys_id}`` (404 when unknown), ``POST`` (insert; ``sys_id`` assigned
+unless given), ``PATCH .../{sys_id}`` (update; it answers the record as written). Answers are
+``{"result": ...}``. ``outage`` makes every call answer 503; ``lacks`` names fields the table
+does not have (writes to them are dropped, as the Table API drops unknown fields);
+``after_patch`` lands another writer's fields right after a PATCH of that record.
 """
 
 from __future__ import annotations
@@ -23,19 +26,34 @@ from aiohttp import web
 TABLE = "/api/now/table/ecc_queue"
 
 
+def _term(record: dict[str, Any], term: str) -> bool:
+    """One condition: ``fieldISEMPTY``, ``fieldINa,b``, ``field<value`` or ``field=value``
+    (values compare as text, as they do for a string field)."""
+    if term.endswith("ISEMPTY"):
+        return str(record.get(term[: -len("ISEMPTY")]) or "") == ""
+    if "IN" in term and "=" not in term and "<" not in term:
+        name, _, values = term.partition("IN")
+        return str(record.get(name, "")) in values.split(",")
+    if "<" in term:
+        name, _, value = term.partition("<")
+        held = str(record.get(name) or "")
+        return held != "" and held < value
+    name, _, value = term.partition("=")
+    return str(record.get(name, "")) == value
+
+
 def _matches(record: dict[str, Any], query: str) -> bool:
+    """An encoded query: ``^`` joins conditions with AND; ``^OR`` joins a condition to the one
+    before it with OR (as the instance reads ``a=1^b=2^ORc=3``: a=1 AND (b=2 OR c=3))."""
+    groups: list[list[str]] = []
     for term in filter(None, query.split("^")):
         if term.startswith("ORDERBY"):
             continue
-        if "IN" in term and "=" not in term:
-            name, _, values = term.partition("IN")
-            if str(record.get(name, "")) not in values.split(","):
-                return False
+        if term.startswith("OR") and groups:
+            groups[-1].append(term[2:])
         else:
-            name, _, value = term.partition("=")
-            if str(record.get(name, "")) != value:
-                return False
-    return True
+            groups.append([term])
+    return all(any(_term(record, term) for term in group) for group in groups)
 
 
 def _order(query: str) -> str | None:
@@ -52,6 +70,8 @@ class FakeInstance:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     outage: bool = False
     calls: int = 0
+    lacks: tuple[str, ...] = ()  # fields the table does not have: dropped from writes
+    after_patch: dict[str, dict[str, Any]] = field(default_factory=dict)  # sys_id -> fields
     _clock: itertools.count[int] = field(default_factory=itertools.count)
 
     def _authorised(self, request: web.Request) -> bool:
@@ -84,7 +104,7 @@ class FakeInstance:
         return web.json_response({"result": record})
 
     async def insert(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = self._known(await request.json())
         sys_id = body.get("sys_id") or uuid.uuid4().hex
         record = {**body, "sys_id": sys_id, "sys_created_on": f"{next(self._clock):012d}"}
         self.records[sys_id] = record
@@ -94,8 +114,14 @@ class FakeInstance:
         record = self.records.get(request.match_info["sys_id"])
         if record is None:
             return web.json_response({"error": {"message": "No Record found"}}, status=404)
-        record.update(await request.json())
-        return web.json_response({"result": record})
+        record.update(self._known(await request.json()))
+        answer = web.json_response({"result": record})
+        record.update(self.after_patch.pop(record["sys_id"], {}))
+        return answer
+
+    def _known(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The fields of a write that the table has (the Table API ignores the others)."""
+        return {k: v for k, v in fields.items() if k not in self.lacks}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.guard])
