@@ -141,6 +141,47 @@ async def test_tls_to_the_vault_trusts_exactly_the_configured_ca(
             await vault.load(kv("partner", "agent/partner"))
 
 
+async def test_a_rotated_kv_record_is_read_again_and_handed_over(
+    openbao: OpenBao, pki: PKI
+) -> None:
+    openbao.put("agent/partner", p12_record(pki))
+    rotated: asyncio.Queue[tuple[str, ProfileMaterial]] = asyncio.Queue()
+    config = VaultConfig(openbao.address, token=openbao.root_token, kv_refresh_seconds=0.2)
+    on_renew = lambda name, material: rotated.put_nowait((name, material))  # noqa: E731
+    async with Vault(config, on_renew=on_renew) as vault:
+        first = await vault.load(kv("partner", "agent/partner"))
+        assert await vault.load(kv("partner", "agent/partner")) is first  # held, not re-read
+        two = base64.b64encode(pki.client_two.pkcs12(P12_PASSWORD)).decode()
+        openbao.put("agent/partner", {"keystore": two, "password": P12_PASSWORD})
+        name, material = await rotated.get()
+        assert name == "partner" and material.client is not None
+        assert material.client.subject == pki.client_two.subject
+        assert (await vault.load(kv("partner", "agent/partner"))) is material
+    assert rotated.empty()  # unchanged re-reads hand nothing over
+
+
+async def test_a_failed_re_read_keeps_the_record_read_before(openbao: OpenBao, pki: PKI) -> None:
+    openbao.put("agent/partner", p12_record(pki))
+    kept = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "keeps the record read before" in record.getMessage():
+                kept.set()
+
+    watch = Watch()
+    logging.getLogger("agent.vault").addHandler(watch)
+    config = VaultConfig(openbao.address, token=openbao.root_token, kv_refresh_seconds=0.2)
+    try:
+        async with Vault(config) as vault:
+            first = await vault.load(kv("partner", "agent/partner"))
+            openbao.stop()
+            await kept.wait()  # the background re-read failed and said so
+            assert await vault.load(kv("partner", "agent/partner")) is first
+    finally:
+        logging.getLogger("agent.vault").removeHandler(watch)
+
+
 # ---------------------------------------------------------------------- tokens and AppRole
 
 
@@ -176,7 +217,9 @@ async def test_approle_logs_in_again_when_its_token_is_revoked(openbao: OpenBao,
     openbao.put("agent/partner", p12_record(pki))
     openbao.policy("agent-reader", READER)
     role_id, secret_id = openbao.approle("agent", ["agent-reader"])
-    config = VaultConfig(openbao.address, role_id=role_id, secret_id=secret_id)
+    config = VaultConfig(
+        openbao.address, role_id=role_id, secret_id=secret_id, kv_refresh_seconds=0
+    )  # refresh 0: every load asks the vault
     async with Vault(config) as vault:
         await vault.load(kv("partner", "agent/partner"))
         assert vault.logins == 1
@@ -274,7 +317,8 @@ async def test_vault_down_uses_cached_material_and_fails_without_it(
     openbao: OpenBao, pki: PKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     openbao.put("agent/partner", p12_record(pki))
-    async with Vault(VaultConfig(openbao.address, token=openbao.root_token)) as vault:
+    config = VaultConfig(openbao.address, token=openbao.root_token, kv_refresh_seconds=0)
+    async with Vault(config) as vault:  # refresh 0: every load asks the vault
         first = await vault.load(kv("partner", "agent/partner"))
         openbao.stop()
         with caplog.at_level(logging.WARNING, logger="agent.vault"):

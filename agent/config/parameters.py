@@ -254,7 +254,9 @@ VAULT_KEYS = {  # the parameter after ext.cred.hashicorp.vault. → VaultConfig'
     "client_cert": "client_cert",
     "client_key": "client_key",
     "client_cert.password": "client_cert_password",
+    "kv_refresh_seconds": "kv_refresh_seconds",
 }
+VAULT_NUMBERS: dict[str, Callable[[str], Any]] = {"kv_refresh_seconds": _float(0, 86400)}
 
 
 def _password_type(v: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.config.parameters import (
     VAULT_KEYS,
+    VAULT_NUMBERS,
     VAULT_PREFIX,
     Parameter,
     as_text,
@@ -52,6 +53,7 @@ class VaultConfig:
     client_cert: Path | None = None  # the agent's certificate for cert login (PEM or PKCS#12)
     client_key: Path | None = None  # its key, when the certificate file is PEM without one
     client_cert_password: str | None = field(default=None, repr=False)
+    kv_refresh_seconds: float = 300.0  # KV records are read again this often (0: never)
 
     @property
     def login_method(self) -> str | None:
@@ -85,7 +87,7 @@ def vault_config(params: dict[str, Parameter], base: Path) -> VaultConfig:
         p = params.get(VAULT_PREFIX + key)
         if p is not None and p.value:
             to = (lambda v: path_from(base, v)) if attr in PATHS else as_text
-            got[attr] = convert(p, to)
+            got[attr] = convert(p, VAULT_NUMBERS.get(key, to))
     config = VaultConfig(**got)
     _check_method(config, params)
     return config

@@ -148,7 +148,9 @@ class Vault:
 
     async def _fetch(self, profile: ProfileConfig) -> tuple[ProfileMaterial, float | None]:
         if profile.vault_path:
-            return await read_kv(self._session, profile, profile.vault_path), None
+            every = self.config.kv_refresh_seconds
+            material = await read_kv(self._session, profile, profile.vault_path)
+            return material, (time.time() + every if every > 0 else None)
         if profile.vault_pki:
             material = await issue(self._session, profile, profile.vault_pki)
             return material, renew_time(material)

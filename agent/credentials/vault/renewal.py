@@ -1,7 +1,9 @@
 """The renewal task: sleeps until the token or a PKI certificate is due, then renews it.
 
 A renewed certificate replaces the held one and goes to ``on_renew(profile, material)``; a failed
-renewal keeps the current certificate and tries again, sooner as its expiry nears.
+renewal keeps the current certificate and tries again, sooner as its expiry nears. KV records are
+read again every ``kv_refresh_seconds``; a changed record goes to ``on_renew`` the same way, and a
+failed read keeps the record read before.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
+
 from agent.config.config import ProfileConfig
 from agent.credentials.sources import ProfileMaterial
+from agent.credentials.vault.kv import read_kv
 from agent.credentials.vault.login import Session
 from agent.credentials.vault.pki import issue, renew_time
 from agent.credentials.vault.timing import RETRY_MAX, due, expiry, not_after, retry_delay
@@ -84,7 +89,10 @@ class Renewals:
             try:
                 await self.session.renew_if_due()
                 for name in [n for n, h in self.held.items() if due(h.renew_at)]:
-                    await self._renew_certificate(name)
+                    if self.held[name].profile.vault_pki:
+                        await self._renew_certificate(name)
+                    else:
+                        await self._reread_record(name)
             except Exception:  # noqa: BLE001 - the task must outlive any one failure
                 log.exception("vault %s: renewal failed", self.session.client.address)
                 self.session.due = time.time() + RETRY_MAX
@@ -122,9 +130,35 @@ class Renewals:
         )
         self._hand_over(name, material)
 
+    async def _reread_record(self, name: str) -> None:
+        """Read a KV record again; a changed record replaces the held material."""
+        held = self.held[name]
+        profile, every = held.profile, self.session.client.config.kv_refresh_seconds
+        assert profile.vault_path is not None
+        try:
+            material = await read_kv(self.session, profile, profile.vault_path)
+        except Exception as exc:  # noqa: BLE001 - keep what is held, try again later
+            held.failures += 1
+            held.renew_at = time.time() + min(every, retry_delay(None, held.failures))
+            if not isinstance(exc, VaultError | KeystoreError):
+                log.exception("profile %s: reading the vault record again failed", name)
+            log.warning("%s; profile %s keeps the record read before", exc, name)
+            return
+        self.held[name] = Held(profile, material, time.time() + every)
+        if fingerprint(material) != fingerprint(held.material):
+            log.info("profile %s: the vault record changed; new connections use it", name)
+            self._hand_over(name, material)
+
     def _hand_over(self, name: str, material: ProfileMaterial) -> None:
         if self.on_renew is not None:
             try:
                 self.on_renew(name, material)
             except Exception:  # noqa: BLE001 - the next renewal must still happen
                 log.exception("profile %s: handing over the renewed certificate failed", name)
+
+
+def fingerprint(material: ProfileMaterial) -> tuple[bytes, ...]:
+    """What tells two loads of a record apart: the client chain and the trusted certificates."""
+    client = material.client
+    chain = client.chain if client is not None else ()
+    return tuple(c.fingerprint(hashes.SHA256()) for c in (*chain, *(material.trust or ())))
