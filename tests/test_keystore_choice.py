@@ -1,11 +1,14 @@
 """Keystores as they come, end to end against the mTLS server: a JKS/JCEKS key whose password
 differs from the store's (``.key_password``), and a keystore with several keys picked by the
-certificate's SHA-256 fingerprint (``.alias = sha256:<hex>``) or subject. The stores are made
-by Java's ``keytool``."""
+certificate's SHA-256 fingerprint (``.alias = sha256:<hex>``) or subject, and PKCS#12 stores
+with the legacy RC2/3DES algorithms (``openssl pkcs12 -export -legacy``, and keytool's Java 8
+style). The stores are made by Java's ``keytool`` and ``openssl``."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -136,3 +139,54 @@ async def test_an_alias_nothing_matches_lists_the_entries_to_choose_from(
     message = result.error.message
     assert all(f"sha256:{p}" in message for p in prints)
     assert "CN=client-first" in message and "CN=client-second" in message
+
+
+def openssl_legacy_p12(tmp_path: Path, pki: PKI) -> Path:
+    """client-one as ``openssl pkcs12 -export -legacy`` writes it: RC2-40 for the certificates,
+    3DES for the key, a SHA-1 MAC: what OpenSSL 3 itself no longer reads by default."""
+    crt, key = pki.client_one.write_pem(tmp_path, "legacy")
+    store = tmp_path / "legacy.p12"
+    kt.run(
+        "openssl", "pkcs12", "-export", "-legacy", "-in", crt, "-inkey", key,
+        "-out", store, "-passout", f"pass:{STOREPASS}",
+    )  # fmt: skip
+    return store
+
+
+def java8_p12(tmp_path: Path, pki: PKI) -> Path:
+    """A keytool PKCS#12 converted with ``-J-Dkeystore.pkcs12.legacy``: Java 8's algorithms
+    (3DES key bag, RC2 certificate bag, SHA-1 MAC)."""
+    modern = tmp_path / "modern.p12"
+    kt.ca_signed_keystore(
+        modern, pki.ca, alias="client", cn="client-java8", storetype="PKCS12", storepass=STOREPASS
+    )
+    store = tmp_path / "java8.p12"
+    kt.run(
+        "keytool", "-J-Dkeystore.pkcs12.legacy", "-importkeystore", "-noprompt",
+        "-srckeystore", modern, "-srcstoretype", "PKCS12", "-srcstorepass", STOREPASS,
+        "-destkeystore", store, "-deststoretype", "PKCS12", "-deststorepass", STOREPASS,
+    )  # fmt: skip
+    return store
+
+
+@pytest.mark.parametrize(
+    ("make", "subject", "algorithm"),
+    [
+        (openssl_legacy_p12, "client-one", b"pbeWithSHA1And40BitRC2-CBC"),
+        (java8_p12, "client-java8", b"pbeWithSHA1And3-KeyTripleDES-CBC"),
+    ],
+)
+async def test_legacy_pkcs12_stores_are_read_without_openssls_legacy_provider(
+    tmp_path: Path, pki: PKI, mtls_server: DemoServer, make: Any, subject: str, algorithm: bytes
+) -> None:
+    store = make(tmp_path, pki)
+    info = subprocess.run(
+        ["openssl", "pkcs12", "-info", "-noout", "-in", store, "-passin", f"pass:{STOREPASS}"],
+        capture_output=True,
+    )
+    assert algorithm in info.stdout + info.stderr  # the store really is of the old kind
+    config = config_for(tmp_path, pki, mtls_server.port, path=str(store), password=STOREPASS)
+    async with running_engine(load_config(config, env={})) as engine:
+        result = await engine.run(make_job("legacy", mtls_server.port))
+    assert result.status == 200, result
+    assert subject in (result.tls.client_certificate or "")
