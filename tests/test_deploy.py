@@ -122,8 +122,9 @@ def test_the_dashboard_covers_the_agent_and_its_expressions_are_promql(tmp_path:
 
 def test_no_label_of_the_agents_metrics_can_grow_without_bound() -> None:
     """Prometheus naming: units in names, ``_total`` counters; labels come from bounded sets
-    (topics, outcomes, error kinds, states, profiles in config.xml), never job ids or URLs."""
-    allowed = {"topic", "outcome", "error_kind", "profile", "state", "version"}
+    (topics, outcomes, error kinds, states, profiles in config.xml, targets capped at
+    TARGET_SERIES), never job ids or URLs."""
+    allowed = {"topic", "outcome", "error_kind", "profile", "state", "version", "target"}
     metrics = Metrics()
     for family in metrics.registry.collect():
         assert family.name.startswith("agent_"), family.name

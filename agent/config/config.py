@@ -64,6 +64,9 @@ class ProfileConfig:
     pins: tuple[str, ...] = ()  # sha256:<base64> SPKI pins of the partner's server key
     cyberark_password_id: str | None = None  # the keystore password is this CCP object's Content
     cyberark_keystore_id: str | None = None  # the keystore (base64 Content) comes from CCP
+    max_concurrency: int | None = None  # per-target limits for this profile's jobs (None:
+    rate: float | None = None  # agent.target.* apply)
+    burst: int | None = None
 
     @property
     def store(self) -> str | None:
@@ -111,6 +114,12 @@ class AgentConfig:
     idle_seconds: float = 30.0  # an idle connection closes after this long
     workers: int = 1
     journal_path: str = "agent-journal.db"
+    target_max_concurrency: int = 0  # calls in flight per host:port (0: no limit)
+    target_rate: float = 0.0  # calls per second per host:port (0: no limit)
+    target_burst: int = 0  # the rate's bucket (0: the rate rounded up)
+    breaker_failures: int = 5  # calls without an answer in a row that open a breaker (0: off)
+    breaker_open_seconds: float = 30.0
+    breaker_max_open_seconds: float = 300.0
     base_dir: Path = field(default_factory=Path.cwd)
     config_path: Path | None = None  # the config.xml read (set by secure.load_secure_config)
     warnings: tuple[str, ...] = ()

@@ -48,6 +48,9 @@ PROFILE_KEYS = {
     "wss.username": "wss_username",
     "wss.password": "wss_password",
     "wss.password_type": "wss_password_type",
+    "max_concurrency": "max_concurrency",
+    "rate": "rate",
+    "burst": "burst",
 }
 KEYSTORE_TYPES = ("jks", "jceks", "pkcs12", "p12", "pfx", "pem", "der")
 PROFILE_RE = re.compile(
@@ -217,6 +220,12 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "agent.http.max_idle_connections": ("max_idle_connections", _int(0, 1_000_000)),
     "agent.http.idle_seconds": ("idle_seconds", _float(0.1, 86400)),
     "agent.journal.path": ("journal_path", as_text),
+    "agent.target.max_concurrency": ("target_max_concurrency", _int(0, 1_000_000)),
+    "agent.target.rate": ("target_rate", _float(0, 1_000_000)),
+    "agent.target.burst": ("target_burst", _int(0, 1_000_000)),
+    "agent.breaker.failures": ("breaker_failures", _int(0, 1000)),
+    "agent.breaker.open_seconds": ("breaker_open_seconds", _float(0.01, 86400)),
+    "agent.breaker.max_open_seconds": ("breaker_max_open_seconds", _float(0.01, 86400)),
 }
 # CyberArk CCP, with the MID Server's names: parameter -> (CyberArkConfig attribute, converter)
 CYBERARK_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -292,6 +301,9 @@ PROFILE_CONVERTERS: dict[str, Callable[[str], Any]] = {
     "port": _int(1, 65535),
     "sni": _sni,
     "wss_password_type": _password_type,
+    "max_concurrency": _int(0, 1_000_000),
+    "rate": _float(0, 1_000_000),
+    "burst": _int(0, 1_000_000),
 }
 SECRET_NAMES = re.compile(r"(password|secret_id|token)$")
 

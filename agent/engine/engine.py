@@ -23,6 +23,7 @@ from agent.errors import AgentError, ConfigError, VaultError
 from agent.http.allowlist import allow_list
 from agent.http.call import Caller
 from agent.http.policy import address_allow_list
+from agent.http.targets import Hooks, Targets, breaker_policy, limits_for, target_of
 from agent.http.transport import AllowingResolver, StaticResolver, Transport
 from agent.jobs.model import Job
 from agent.jobs.results import Result
@@ -42,6 +43,7 @@ class Engine:
 
     def __init__(self, config: AgentConfig) -> None:
         self.transport = Transport()
+        self.targets = Targets()  # limits and breakers per host:port, across reloads
         self.caller = Caller(self.transport)
         self.vault: Vault | None = None  # opened on the first profile that needs it
         self.cyberark: CCP | None = None  # likewise
@@ -61,10 +63,21 @@ class Engine:
     def config(self) -> AgentConfig:
         return self._state.config
 
-    async def run(self, job: Job, attempts_before: int = 0) -> Result:
+    async def run(self, job: Job, attempts_before: int = 0, hooks: Hooks | None = None) -> Result:
         """Run one job with its retries on the state in force as it starts; never raises for
-        the job's own trouble."""
-        return await self.caller.run(job, self._state.call, attempts_before)
+        the job's own trouble. The job first passes its target's gate (limits, breaker), where
+        it may wait: ``hooks`` tell the worker when it does."""
+        state = self._state
+        target = target_of(job.endpoint)
+        if target is None:  # not a URL: the caller says what is wrong with it
+            return await self.caller.run(job, state.call, attempts_before)
+        config = state.config
+        async with self.targets.admit(
+            target, limits_for(config, job), breaker_policy(config), hooks
+        ) as report:
+            result = await self.caller.run(job, state.call, attempts_before)
+            report(result)
+        return result
 
     def swap(self, config: AgentConfig, staged: Staged | None = None) -> RuntimeState:
         """Put ``config`` in force for the next job: a complete new state is assembled first,

@@ -26,6 +26,7 @@ from agent.queues.base import QueueSummary
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TARGET_SERIES = 100  # targets shown in agent_target_* at most
 CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -36,6 +37,7 @@ class Metrics:
         self._queue_metrics(self.registry)
         self._credential_metrics(self.registry)
         self._service_metrics(self.registry)
+        self._target_metrics(self.registry)
         self._job_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def _job_metrics(self, r: CollectorRegistry) -> None:
@@ -139,6 +141,44 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+
+    def _target_metrics(self, r: CollectorRegistry) -> None:
+        self.breaker_state = Gauge(
+            "agent_target_breaker_state",
+            "A target's circuit breaker: 0 closed, 1 open, 2 half-open (a trial call)",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.breaker_openings = Counter(
+            "agent_target_breaker_openings",
+            "Times a target's breaker opened after calls without an answer (all targets)",
+            registry=r,
+        )
+        self.target_waiting = Gauge(
+            "agent_target_waiting_jobs",
+            "Jobs waiting at a target's gate (a limit or an open breaker)",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+    def breaker_opened(self, target: str) -> None:
+        self.breaker_openings.inc()
+
+    def set_targets(self, targets: dict[str, tuple[int, int]]) -> None:
+        """(breaker state, jobs waiting) of the targets with an open breaker or waiting jobs,
+        at most ``TARGET_SERIES`` of them (the most waiting first): job endpoints name the
+        targets, so the label's values are bounded here. The others are dropped."""
+        busy = [(k, v) for k, v in targets.items() if v != (0, 0)]
+        busy.sort(key=lambda item: (-item[1][1], -item[1][0], item[0]))
+        targets = dict(busy[:TARGET_SERIES])
+        for gauge, index in ((self.breaker_state, 0), (self.target_waiting, 1)):
+            known = {s.labels["target"] for f in gauge.collect() for s in f.samples}
+            for gone in known - set(targets):
+                gauge.remove(gone)
+            for target, values in targets.items():
+                gauge.labels(target).set(values[index])
 
     def job_done(self, topic: str, result: Result, seconds: float) -> None:
         kind = result.error.kind if result.error else ""

@@ -137,6 +137,7 @@ class Daemon:
         self.readiness = Readiness(_stale_after(self.config), busy=self._busy)
         self.readiness.checks["vault"] = self._vault_ready
         self.readiness.checks["cyberark"] = self._cyberark_ready
+        self.readiness.checks["targets"] = self._targets_ready
         self.health: HealthServer | None = None
         self._operations: list[asyncio.Task[None]] = []
         self.on_report.append(self._observe_report)
@@ -144,6 +145,9 @@ class Daemon:
         self.engine.on_vault_error.append(self.metrics.vault_error)
         self.engine.on_renewal_failed.append(self.metrics.renewal_failed)
         self.engine.on_cyberark_error.append(self.metrics.cyberark_errors.inc)
+        self.engine.targets.on_open.append(
+            lambda key: self.metrics.breaker_openings.labels(key).inc()
+        )
         self.board = StatusBoard()
         self.metrics.started(agent_version(), self.config.cert_warn_days)
 
@@ -189,7 +193,12 @@ class Daemon:
         problems = ccp.problems() if ccp is not None else []
         return "; ".join(problems) or None
 
+    async def _targets_ready(self) -> str | None:
+        """Targets whose breaker is open: their jobs wait, the others run."""
+        return "; ".join(self.engine.targets.reasons()) or None
+
     async def _refresh(self) -> None:
+        self.metrics.set_targets(self.engine.targets.snapshot())
         if self.queue is not None:
             self.metrics.set_queue(await self.queue.summary())
 

@@ -7,8 +7,8 @@ never write to the queue themselves, so cancelling one cannot cut a write in hal
 ``burst=True`` stops once the queue is empty and nothing is running (tests, demo).
 
 Collaborators, each testable alone: ``Backlog`` (claimed jobs waiting for a slot, and how many
-to claim ahead), ``Leases`` (claims held until their results are stored), ``Delivery`` (what
-happens to a result: accounted, journaled, delivered from the journal).
+to claim ahead), ``Leases`` (claims held until their results are stored), ``Delivery`` (a result
+accounted, journaled, delivered from the journal), ``Slots`` (jobs parked at a target's gate).
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from collections.abc import Callable
 from agent.config.config import AgentConfig
 from agent.engine.engine import Engine
 from agent.errors import ErrorKind, QueueError
+from agent.http.targets import Hooks
 from agent.jobs.results import Result
 from agent.queues.base import Claim, Queue
 from agent.queues.journal import Journal
 from agent.worker.backlog import Backlog
 from agent.worker.delivery import Delivery, Finished, JobHook
 from agent.worker.leases import Leases
+from agent.worker.slots import Slots
 from agent.worker.stats import Stats
 
 log = logging.getLogger("agent.worker")
@@ -76,6 +78,7 @@ class Worker:
         self.leases = Leases(queue, lambda: self.config.lease_seconds)
         self.delivery = Delivery(queue, self.stats, journal, on_result)
         self._running: dict[asyncio.Task[None], Claim] = {}
+        self.slots = Slots(lambda: self.config.threads_max, lambda: len(self._running))
         self._results: list[Finished] = []  # finished, not stored
         self._stopping = asyncio.Event()
         self._aborting = False
@@ -105,8 +108,6 @@ class Worker:
         """Claimed jobs kept waiting for a slot (see ``Backlog.adapt``)."""
         return self.backlog.prefetch
 
-    # ------------------------------------------------------------------------------ control
-
     def request_stop(self) -> None:
         """First call: stop claiming and drain. Second call: abort and release the claims."""
         if self._stopping.is_set():
@@ -124,8 +125,6 @@ class Worker:
         """Poll again now (a push notification or a reload)."""
         self._queue_empty = False
         self._pump_wake.set()
-
-    # ------------------------------------------------------------------------------ lifecycle
 
     async def serve(self) -> Stats:
         await self.startup()
@@ -213,7 +212,9 @@ class Worker:
     def _wanted(self) -> int:
         if self._stopping.is_set():
             return 0
-        return self.backlog.wanted(self.config.threads_max, len(self._running))
+        if not self.slots.may_claim():
+            return 0  # enough jobs wait on their targets: claim more when some go
+        return self.backlog.wanted(self.config.threads_max, self.slots.active)
 
     def _busy(self) -> bool:
         return bool(self._running or self.backlog or self._results)
@@ -324,15 +325,14 @@ class Worker:
             self.leases.done(claim)
 
     def _claimed(self, start: float, error: QueueError | None) -> None:
-        if self.on_claim is not None:
-            try:
+        try:
+            if self.on_claim is not None:
                 self.on_claim(time.perf_counter() - start, error)
-            except Exception:  # noqa: BLE001 - a metrics hook must not stop the worker
-                log.exception("claim hook failed")
+        except Exception:  # noqa: BLE001 - a metrics hook must not stop the worker
+            log.exception("claim hook failed")
 
     async def _idle(self, *, poll: bool) -> None:
-        """Wait for the pump's event; with ``poll``, also for a sign of work in the queue (then
-        the next round trip claims again)."""
+        """Wait for the pump's event; with ``poll``, also for a sign of work in the queue."""
         if not poll:
             await self._pump_wake.wait()
             return
@@ -349,8 +349,7 @@ class Worker:
             self._queue_empty = False
 
     def _note_idle(self) -> None:
-        """One debug line per poll cycle, at most one per poll interval or IDLE_NOTE_EVERY
-        (wake-ups can make cycles much shorter), so an idle agent at debug shows it polls."""
+        """A debug line per poll cycle, at most one per poll interval or IDLE_NOTE_EVERY."""
         if not log.isEnabledFor(logging.DEBUG):
             return
         now = _clock()
@@ -365,8 +364,7 @@ class Worker:
     def _fill_slots(self) -> None:
         if self._stopping.is_set():
             return
-        slots = self.config.threads_max
-        while self.backlog and len(self._running) < slots:
+        while self.backlog and self.slots.may_start():
             self._start(self.backlog.next())
 
     def _start(self, claim: Claim) -> None:
@@ -376,6 +374,7 @@ class Worker:
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self.slots.done(task)
         self._freed += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed", exc_info=task.exception())
@@ -388,5 +387,12 @@ class Worker:
             log.error("%s; it ends as invalid_job", claim.problem)
             result = Result.failed(claim.job.id, ErrorKind.INVALID_JOB, claim.problem)
         else:
-            result = await self.engine.run(claim.job, attempts_before=claim.attempt - 1)
+            task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
+            hooks = Hooks(lambda: self._park(task), lambda: self.slots.resume(task))
+            result = await self.engine.run(claim.job, claim.attempt - 1, hooks)
         self._results.append((claim, result, time.perf_counter() - start))
+
+    def _park(self, task: asyncio.Task[None]) -> None:
+        self.slots.park(task)  # waiting at its target's gate: its slot goes to the next job
+        self._fill_slots()
+        self._pump_wake.set()

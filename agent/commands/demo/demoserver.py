@@ -14,6 +14,7 @@ import json
 import ssl
 from asyncio import sslproto
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -71,7 +72,10 @@ class DemoServer:
         self.seen: Counter[str] = Counter()  # Idempotency-Key → requests seen
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
+        self.peak = 0  # the most requests in /slow or /hold at once
         self.started = asyncio.Event()  # set when a /slow request arrives
+        self.release = asyncio.Event()  # lets the requests held in /hold go
+        self.changed = asyncio.Event()  # set whenever a request enters or leaves /hold
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
 
@@ -120,12 +124,32 @@ class DemoServer:
     async def _slow(self, request: web.Request) -> web.Response:
         seen = self._record(request, await request.read())
         self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
         self.started.set()
         try:
             await asyncio.sleep(float(request.query.get("seconds", "1")))
         finally:
             self.in_flight -= 1
         return web.json_response(seen)
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        """Answers once ``release`` is set: a caller sees what is in flight at once."""
+        seen = self._record(request, await request.read())
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        self.changed.set()
+        try:
+            await self.release.wait()
+        finally:
+            self.in_flight -= 1
+            self.changed.set()
+        return web.json_response(seen)
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Until ``condition()`` holds, looked at whenever /hold changes."""
+        while not condition():
+            self.changed.clear()
+            await self.changed.wait()
 
     async def _soap(self, request: web.Request) -> web.Response:
         body = (await request.read()).decode()
@@ -153,6 +177,7 @@ class DemoServer:
         app = web.Application()
         app.router.add_route("*", "/echo", self._echo)
         app.router.add_route("*", "/slow", self._slow)
+        app.router.add_route("*", "/hold", self._hold)
         app.router.add_route("*", "/flaky", self._flaky)
         app.router.add_post("/soap", self._soap)
         app.router.add_get("/binary", self._binary)
