@@ -113,13 +113,16 @@ def test_result_to_dict_carries_every_field() -> None:
         error=ErrorInfo("timeout", "slow"),
         soap_fault=SoapFault("c", "m", "d"),
         tls=TLSInfo("s", "TLSv1.3", "cipher", "CN=c", "CN=s"),
+        history=[{"attempt": 1, "kind": "timeout", "message": "slow", "at": "t", "status": None}],
+        retry_at=1.5,
     )
     expected = asdict(result)
     tls = expected["tls"]
     tls["policy"] = {"pins_checked": tls.pop("pins_checked"), "revocation": tls.pop("revocation")}
     assert result.to_dict() == expected
     assert Result.from_dict(result.to_dict()) == result
-    assert "body_base64" not in Result(id="r", state="processed").to_dict()
+    plain = Result(id="r", state="processed").to_dict()
+    assert "body_base64" not in plain and "history" not in plain and "retry_at" not in plain
 
 
 # -- framing, names and sizes (the same rules at enqueue and at claim) ------------------------

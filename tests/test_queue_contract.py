@@ -344,3 +344,27 @@ async def test_ecc_agent_restarted_under_its_name_takes_back_its_records(
             again = await restarted.claim("mid.server.contract", 10, 60)
             assert sorted(c.job.id for c in again) == ["left-behind", "untouched"]
             assert await restarted.claim("mid.server.contract", 10, 60) == []
+
+
+async def test_a_retry_waits_in_the_queue_with_its_secrets_and_history(atomic: Backend) -> None:
+    """The backends with due times hold a retry as ``ready`` until its back-off is over; the
+    next claim is the next attempt, with the failed attempts and the job's secrets."""
+    entry = {"attempt": 1, "at": "t", "kind": "connect", "message": "refused", "status": None}
+    async with atomic.opened() as queue:
+        assert queue.delays_retries
+        await queue.enqueue([secret_job("later"), secret_job("soon")])
+        claims = {c.job.id: c for c in await queue.claim("agent-1", 2, 60)}
+        retries = []
+        for job_id, due in (("later", time.time() + 3600), ("soon", time.time() - 1)):
+            result = Result.failed(job_id, "connect", "refused", history=[entry])
+            result.retry_at = due
+            retries.append((claims[job_id], result))
+        assert await queue.complete(retries) == []
+        status = await queue.status("later")
+        assert status is not None and (status.state, status.result) == ("ready", None)
+        rows = {row.id: row for row in await queue.list_jobs("ready", 10)}
+        assert (rows["later"].error_kind, rows["later"].attempts) == ("connect", 1)
+        (again,) = await queue.claim("agent-1", 10, 60)  # "later" is not due yet
+    assert again.job.id == "soon" and again.attempt == 2
+    assert again.history == (entry,)
+    assert again.job == secret_job("soon")  # its secrets were kept for the next attempt

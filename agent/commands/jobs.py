@@ -9,7 +9,7 @@ import sys
 
 from agent.config.config import AgentConfig
 from agent.queues import open_queue
-from agent.queues.base import JobRow
+from agent.queues.rows import JobRow
 
 MAX_LIMIT = 10_000
 

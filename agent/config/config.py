@@ -117,6 +117,8 @@ class AgentConfig:
     target_max_concurrency: int = 0  # calls in flight per host:port (0: no limit)
     target_rate: float = 0.0  # calls per second per host:port (0: no limit)
     target_burst: int = 0  # the rate's bucket (0: the rate rounded up)
+    retry_base: float = 1.0  # a retry waits up to base * 2^(n-1) s (full jitter) ...
+    retry_max_delay: float = 60.0  # ... and never more than this
     breaker_failures: int = 5  # calls without an answer in a row that open a breaker (0: off)
     breaker_open_seconds: float = 30.0
     breaker_max_open_seconds: float = 300.0

@@ -223,6 +223,8 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "agent.target.max_concurrency": ("target_max_concurrency", _int(0, 1_000_000)),
     "agent.target.rate": ("target_rate", _float(0, 1_000_000)),
     "agent.target.burst": ("target_burst", _int(0, 1_000_000)),
+    "agent.retry.base": ("retry_base", _float(0.001, 3600)),
+    "agent.retry.max_delay": ("retry_max_delay", _float(0.001, 86400)),
     "agent.breaker.failures": ("breaker_failures", _int(0, 1000)),
     "agent.breaker.open_seconds": ("breaker_open_seconds", _float(0.01, 86400)),
     "agent.breaker.max_open_seconds": ("breaker_max_open_seconds", _float(0.01, 86400)),

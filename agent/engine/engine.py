@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.config.config import AgentConfig, ProfileConfig
@@ -63,19 +63,28 @@ class Engine:
     def config(self) -> AgentConfig:
         return self._state.config
 
-    async def run(self, job: Job, attempts_before: int = 0, hooks: Hooks | None = None) -> Result:
+    async def run(
+        self,
+        job: Job,
+        attempts_before: int = 0,
+        hooks: Hooks | None = None,
+        *,
+        history: Sequence[dict[str, Any]] = (),
+        requeue: bool = False,
+    ) -> Result:
         """Run one job with its retries on the state in force as it starts; never raises for
         the job's own trouble. The job first passes its target's gate (limits, breaker), where
-        it may wait: ``hooks`` tell the worker when it does."""
+        it may wait: ``hooks`` tell the worker when it does. ``history`` and ``requeue``: see
+        ``Caller.run``."""
         state = self._state
         target = target_of(job.endpoint)
         if target is None:  # not a URL: the caller says what is wrong with it
-            return await self.caller.run(job, state.call, attempts_before)
+            return await self.caller.run(job, state.call, attempts_before, history, requeue)
         config = state.config
         async with self.targets.admit(
             target, limits_for(config, job), breaker_policy(config), hooks
         ) as report:
-            result = await self.caller.run(job, state.call, attempts_before)
+            result = await self.caller.run(job, state.call, attempts_before, history, requeue)
             report(result)
         return result
 

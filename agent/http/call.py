@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import functools
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -117,17 +120,37 @@ class Caller:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
 
-    async def run(self, job: Job, state: CallState, attempts_before: int = 0) -> Result:
-        """Run the job with its retries; the Result counts every attempt made."""
+    async def run(
+        self,
+        job: Job,
+        state: CallState,
+        attempts_before: int = 0,
+        history: Sequence[dict[str, Any]] = (),
+        requeue: bool = False,
+    ) -> Result:
+        """Run the job; the Result counts every attempt made. A failure that may be retried
+        (its kind is retryable, no byte of an answer came, attempts are left) waits a back-off
+        with full jitter: here, or, with ``requeue``, in the queue (the result comes back with
+        ``retry_at`` after one attempt). ``history``: the failed attempts before this run;
+        the result carries them, and this run's, whenever there was more than one attempt."""
         start = time.perf_counter()
-        attempt = 0
+        past = list(history)
+        attempt = attempts_before
         while True:
             attempt += 1
             result, retryable = await self._attempt(job, state)
-            if not retryable or attempt >= job.max_attempts:
+            again = retryable and attempt < job.max_attempts
+            if again or past:
+                past.append(_attempt_entry(attempt, result))
+            if not again:
                 break
-            await asyncio.sleep(_backoff(attempt))
-        result.attempts = attempts_before + attempt
+            delay = backoff(attempt, *state.retry)
+            if requeue:
+                result.retry_at = time.time() + delay
+                break
+            await asyncio.sleep(delay)
+        result.history = past
+        result.attempts = attempt
         result.elapsed_ms = round((time.perf_counter() - start) * 1000, 3)
         return result
 
@@ -294,9 +317,21 @@ def _cert_page_hint(status: int, data: bytes, r: Route) -> str | None:
     return None
 
 
-def _backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """The wait after the ``attempt``-th failure: exponential with full jitter, capped."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt - 1, 30)))
+
+
+def _attempt_entry(attempt: int, result: Result) -> dict[str, Any]:
+    """One attempt in a result's history."""
+    error = result.error
+    return {
+        "attempt": attempt,
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "kind": error.kind if error else None,
+        "message": error.message if error else None,
+        "status": result.status,
+    }
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, host: str) -> bytes:

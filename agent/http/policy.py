@@ -48,6 +48,7 @@ class CallState:
     network: Network  # agent.resolve and the allow-list's networks, for the transport
     name_allow: AllowList | None  # agent.outbound.allow, checked by name before anything else
     max_response_bytes: int
+    retry: tuple[float, float] = (1.0, 60.0)  # agent.retry.base, agent.retry.max_delay
     # (identity key, endpoint, job SNI) → where and how such a job goes: worked out once
     routes: OrderedDict[tuple[object, ...], Route] = field(default_factory=OrderedDict)
 
@@ -76,6 +77,7 @@ def call_state(config: AgentConfig, identities: Identities) -> CallState:
         ),
         name_allow=allow,
         max_response_bytes=config.max_response_bytes,
+        retry=(config.retry_base, config.retry_max_delay),
     )
 
 

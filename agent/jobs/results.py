@@ -51,6 +51,14 @@ class Result:
     soap_fault: SoapFault | None = None
     tls: TLSInfo = field(default_factory=TLSInfo)
     hint: str | None = None  # for a processed answer whose status points at the client cert
+    # every failed attempt before this one's outcome, oldest first: {attempt, kind, message, at}
+    history: list[dict[str, Any]] = field(default_factory=list)
+    retry_at: float | None = None  # set: the job goes back to the queue, due then (epoch s)
+
+    @property
+    def stored_state(self) -> str:
+        """The state the queue keeps: ``ready`` for a retry, else the result's own."""
+        return "ready" if self.retry_at is not None else self.state
 
     @classmethod
     def failed(cls, job_id: str, kind: ErrorKind, message: str, **extra: Any) -> Result:
@@ -91,6 +99,10 @@ class Result:
             },
             "hint": self.hint,
         }
+        if self.history:
+            out["history"] = list(self.history)
+        if self.retry_at is not None:
+            out["retry_at"] = self.retry_at
         return out
 
     @classmethod

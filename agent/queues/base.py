@@ -11,10 +11,9 @@ after the lease lapsed) are rejected, so a late agent never writes over a newer 
 from __future__ import annotations
 
 import abc
-import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,6 +26,7 @@ from agent.jobs.jsonguard import MAX_DEPTH, nested_deeper
 from agent.jobs.model import Job
 from agent.jobs.results import Result
 from agent.jobs.secrets import merge_secrets, split_secrets
+from agent.queues.rows import JobRow
 
 State = Literal["ready", "processing", "processed", "error"]
 
@@ -62,6 +62,17 @@ class Claim:
     token: int
     attempt: int
     problem: str | None = None
+    history: tuple[dict[str, Any], ...] = ()  # the failed attempts before this claim
+
+
+def with_history(claim: Claim, history: object) -> Claim:
+    """``claim`` with the failed attempts its stored result kept (a list of objects)."""
+    if isinstance(history, str):
+        history = orjson.loads(history)
+    if not isinstance(history, list) or not history:
+        return claim
+    kept = tuple(h for h in history if isinstance(h, dict))
+    return replace(claim, history=kept)
 
 
 def dumps(obj: object) -> str:
@@ -222,82 +233,14 @@ class JobStatus:
     result: Result | None
 
 
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    """One job as ``agent jobs`` lists it. ``due``: when a claimed job's lease lapses (and it
-    may run elsewhere); times are seconds since the epoch."""
-
-    id: str
-    state: str
-    attempts: int
-    created: float
-    updated: float
-    due: float | None
-    agent: str | None
-    error_kind: str | None
-    error_message: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state,
-            "attempts": self.attempts,
-            "created": _iso(self.created),
-            "updated": _iso(self.updated),
-            "due": _iso(self.due),
-            "agent": self.agent,
-            "error": None
-            if self.error_kind is None
-            else {"kind": self.error_kind, "message": self.error_message},
-        }
-
-
-def job_row(
-    job_id: str,
-    state: str,
-    attempts: int,
-    created: Any,
-    updated: Any,
-    lease_until: Any,
-    agent: str | None,
-    result: Any,
-) -> JobRow:
-    """A row of ``SELECT id, state, attempt, created, updated, lease_until, agent, result``
-    (times as epoch seconds or datetimes, the result as JSON text or a decoded object)."""
-    doc = json.loads(result) if isinstance(result, str | bytes) else result
-    error = doc.get("error") if isinstance(doc, dict) else None
-    due = _epoch(lease_until) if state == "processing" else None
-    return JobRow(
-        job_id,
-        state,
-        int(attempts or 0),
-        _epoch(created) or 0.0,
-        _epoch(updated) or 0.0,
-        due,
-        agent,
-        error.get("kind") if isinstance(error, dict) else None,
-        error.get("message") if isinstance(error, dict) else None,
-    )
-
-
-def _epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.timestamp()
-    return float(value)
-
-
-def _iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return dt.datetime.fromtimestamp(value, dt.UTC).isoformat(timespec="seconds")
-
-
 class Queue(abc.ABC):
     """A job queue. All methods are coroutines and never block the event loop."""
 
     max_job_bytes = DEFAULT_MAX_JOB_BYTES  # a claimed row longer than this is not read
+
+    # Whether a retry goes back to the queue with a due time (``Result.retry_at``); a backend
+    # without due times has the caller retry in place, waiting out the back-off.
+    delays_retries = False
 
     @abc.abstractmethod
     async def open(self) -> None:

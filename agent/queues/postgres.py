@@ -42,16 +42,15 @@ from agent.jobs.results import Result
 from agent.queues.base import (
     Claim,
     Exchange,
-    JobRow,
     JobStatus,
     Queue,
     QueueSummary,
     claim_of,
     different_content,
     dumps,
-    job_row,
     redact_url,
     stored_form,
+    with_history,
 )
 from agent.queues.postgres_sql import (
     CLAIM,
@@ -62,6 +61,7 @@ from agent.queues.postgres_sql import (
     RELEASE,
     RENEW,
 )
+from agent.queues.rows import JobRow, job_row
 
 log = logging.getLogger("agent.queues.postgres")
 
@@ -80,14 +80,18 @@ def _complete_args(results: list[tuple[Claim, Result]]) -> tuple[list[Any], ...]
     return (
         [c.job.id for c, _ in results],
         [c.token for c, _ in results],
-        [r.state for _, r in results],
+        [r.stored_state for _, r in results],
         [dumps(r.to_dict()) for _, r in results],
+        [r.retry_at for _, r in results],
     )
 
 
 def _claims(rows: list[Any], max_job_bytes: int, key: JobKey | None) -> list[Claim]:
     rows = sorted(rows, key=lambda row: (-row[6], row[7], row[4]))  # RETURNING keeps no order
-    return [claim_of(row[0], row[1], row[2], row[3], max_job_bytes, row[5], key) for row in rows]
+    return [
+        with_history(claim_of(row[0], row[1], row[2], row[3], max_job_bytes, row[5], key), row[8])
+        for row in rows
+    ]
 
 
 def _fenced(claims: list[Claim], rows: list[Any]) -> list[Claim]:
@@ -97,6 +101,8 @@ def _fenced(claims: list[Claim], rows: list[Any]) -> list[Claim]:
 
 
 class PostgresQueue(Queue):
+    delays_retries = True  # a retry is stored back as ready, due after its back-off
+
     def __init__(self, url: str, *, pool_size: int = 8, key: JobKey | None = None) -> None:
         """``key`` seals jobs' secrets (without one, a job carrying secrets is refused)."""
         self.url = url
@@ -338,7 +344,8 @@ class PostgresQueue(Queue):
         )
         if row is None:
             return None
-        result = Result.from_dict(json.loads(row[1])) if row[1] else None
+        final = row[1] and row[0] in ("processed", "error")  # a waiting retry: no result yet
+        result = Result.from_dict(json.loads(row[1])) if final else None
         return JobStatus(job_id, row[0], result)
 
     async def list_jobs(self, state: str | None, limit: int) -> list[JobRow]:

@@ -80,7 +80,8 @@ UPDATE agent_jobs j
 SET state = 'processing', token = j.token + 1, attempt = j.attempt + 1, agent = $1,
     lease_until = now() + make_interval(secs => $2), updated = now()
 WHERE j.id IN (SELECT id FROM lapsed UNION ALL SELECT id FROM ready)
-RETURNING j.id, j.job::text, j.token, j.attempt, j.seq, j.secrets, j.priority, j.due
+RETURNING j.id, j.job::text, j.token, j.attempt, j.seq, j.secrets, j.priority, j.due,
+    (j.result -> 'history')::text
 """
 
 RENEW = """
@@ -90,11 +91,14 @@ WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
 RETURNING j.id, j.token
 """
 
+# State ``ready`` is a retry: the job keeps its secrets and is due again at ``due``.
 COMPLETE = """
 UPDATE agent_jobs j
-SET state = c.state, result = c.result::jsonb, secrets = NULL, lease_until = NULL,
-    updated = now()
-FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS c(id, token, state, result)
+SET state = c.state, result = c.result::jsonb, lease_until = NULL, updated = now(),
+    secrets = CASE WHEN c.state = 'ready' THEN j.secrets END,
+    due = coalesce(to_timestamp(c.due), j.due)
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::float8[])
+    AS c(id, token, state, result, due)
 WHERE j.id = c.id AND j.token = c.token AND j.state = 'processing'
 RETURNING j.id, j.token
 """

@@ -42,6 +42,7 @@ from agent.queues.base import (
     dumps,
     stored_form,
     unusable,
+    with_history,
 )
 from agent.queues.sqlite_read import SqliteReads
 from agent.queues.sqlite_sql import (
@@ -78,6 +79,8 @@ BUSY_WINDOW = 1.0  # seconds after the last claimed job during which the look st
 
 
 class SqliteQueue(SqliteReads, Queue):
+    delays_retries = True  # a retry is stored back as ready, due after its back-off
+
     def __init__(self, path: Path, key: JobKey | None = None) -> None:
         """``key`` seals jobs' secrets; by default the file ``<path>.key``."""
         self.path = path
@@ -288,12 +291,13 @@ class SqliteQueue(SqliteReads, Queue):
             self._last_work = time.monotonic()
             rows.sort(key=lambda r: (-r[8], r[9] or 0, r[0]))  # highest priority, then due first
         limit = self.max_job_bytes
-        return [
+        claims = [
             claim_sealed(job_id, raw, sealed, token, att, self.key, size=size, max_job_bytes=limit)
             if is_json or size > limit
             else unusable(job_id, token, att, "the stored job is not JSON")
-            for _, job_id, is_json, raw, token, att, size, sealed, _, _ in rows
+            for _, job_id, is_json, raw, token, att, size, sealed, _, _, _ in rows
         ]
+        return [with_history(c, row[10]) for c, row in zip(claims, rows, strict=True)]
 
     async def claim(self, agent: str, limit: int, lease_seconds: float) -> list[Claim]:
         if limit <= 0:
@@ -327,7 +331,9 @@ class SqliteQueue(SqliteReads, Queue):
         one more statement tells which.
         """
         now = time.time()
-        batch = dumps([[c.job.id, c.token, r.state, r.to_dict()] for c, r in results])
+        batch = dumps(
+            [[c.job.id, c.token, r.stored_state, r.to_dict(), r.retry_at] for c, r in results]
+        )
         if db.execute(STORE_RESULTS, (now, batch)).rowcount == len(results):
             return []
         (missing,) = db.execute(NOT_STORED, (now, batch)).fetchone()

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from agent.jobs.results import Result
-from agent.queues.base import JobRow, JobStatus, QueueSummary, job_row
+from agent.queues.base import JobStatus, QueueSummary
+from agent.queues.rows import JobRow, job_row
 from agent.queues.sqlite_sql import LIST_JOBS, SUMMARY
 
 T = TypeVar("T")
@@ -35,7 +36,8 @@ class SqliteReads:
         if row is None:
             return None
         state, result = row
-        parsed = Result.from_dict(json.loads(result)) if result else None
+        final = state in ("processed", "error")  # a waiting retry has no result yet
+        parsed = Result.from_dict(json.loads(result)) if result and final else None
         return JobStatus(job_id, state, parsed)  # type: ignore[arg-type]
 
     async def summary(self) -> QueueSummary | None:

@@ -84,17 +84,20 @@ SELECT json_group_array(json_array(
         seq, id, CASE WHEN length(CAST(job AS BLOB)) > ?4 THEN 0 ELSE json_valid(job) END,
         CASE WHEN length(CAST(job AS BLOB)) > ?4 THEN NULL
             WHEN json_valid(job) THEN json(job) ELSE job END,
-        token, attempt, length(CAST(job AS BLOB)), secrets, priority, due)),
+        token, attempt, length(CAST(job AS BLOB)), secrets, priority, due,
+        CASE WHEN json_valid(result) THEN json_extract(result, '$.history') END)),
     (SELECT data_version FROM pragma_data_version)
 FROM jobs
 WHERE state = 'processing' AND lease_until = ?3 AND updated = ?2 AND agent = ?1
 """
-# A batch of [id, token, state, result]; a claim fenced out (token moved on) matches no row.
+# A batch of [id, token, state, result, due]; a claim fenced out (token moved on) matches no
+# row. State ``ready`` is a retry: the job keeps its secrets and is due again at ``due``.
 STORE_RESULTS = """
 UPDATE jobs SET
     state = json_extract(r.value, '$[2]'),
     result = json_extract(r.value, '$[3]'),
-    secrets = NULL,
+    secrets = CASE json_extract(r.value, '$[2]') WHEN 'ready' THEN secrets END,
+    due = coalesce(json_extract(r.value, '$[4]'), due),
     lease_until = NULL,
     updated = ?1
 FROM json_each(?2) AS r

@@ -3,6 +3,7 @@ the journal when the queue could not, and handed to the queue from the journal l
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 
@@ -44,6 +45,19 @@ class Delivery:
             self.stats.fenced += 1
             log.warning(
                 "job %s: lease was lost and the job re-claimed; result dropped", claim.job.id
+            )
+            return
+        if result.retry_at is not None:
+            self.stats.retried += 1
+            assert result.error is not None
+            log.warning(
+                "job %s: attempt %d failed (%s: %s); it runs again from %s",
+                claim.job.id,
+                result.attempts,
+                result.error.kind,
+                result.error.message,
+                dt.datetime.fromtimestamp(result.retry_at, dt.UTC).isoformat(timespec="seconds"),
+                extra=log_fields(claim.job, result),
             )
             return
         if result.state == "processed":

@@ -17,6 +17,7 @@ class Stats:
     errors: int = 0
     fenced: int = 0
     released: int = 0
+    retried: int = 0  # results that sent their job back to the queue for a later attempt
     journaled: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 

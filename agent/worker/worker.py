@@ -184,8 +184,6 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    # ------------------------------------------------------------------------------ the queue
-
     async def _pump_loop(self) -> None:
         """The queue task: store results and claim, one round trip at a time, until stopped (or,
         in burst mode, until the queue is empty and everything claimed is stored)."""
@@ -312,7 +310,7 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _give_back_backlog(self) -> None:
-        """Stopping: claimed jobs that never started go back to the queue at once."""
+        # stopping: claimed jobs that never started go back to the queue at once
         claims = self.backlog.take_all()
         try:
             await self.queue.release(claims)
@@ -359,8 +357,6 @@ class Worker:
         self._idle_noted = now
         log.debug("queue empty, next poll in %gs", poll)
 
-    # ------------------------------------------------------------------------------ the jobs
-
     def _fill_slots(self) -> None:
         if self._stopping.is_set():
             return
@@ -389,7 +385,10 @@ class Worker:
         else:
             task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
             hooks = Hooks(lambda: self._park(task), lambda: self.slots.resume(task))
-            result = await self.engine.run(claim.job, claim.attempt - 1, hooks)
+            requeue = self.queue.delays_retries and not self.burst  # burst: retries here
+            result = await self.engine.run(
+                claim.job, claim.attempt - 1, hooks, history=claim.history, requeue=requeue
+            )
         self._results.append((claim, result, time.perf_counter() - start))
 
     def _park(self, task: asyncio.Task[None]) -> None:
