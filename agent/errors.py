@@ -56,6 +56,8 @@ class ErrorKind(enum.StrEnum):
     HOSTNAME_MISMATCH = "hostname_mismatch"
     CLIENT_CERTIFICATE_REJECTED = "client_certificate_rejected"
     CERTIFICATE_PIN = "certificate_pin"
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    REVOCATION_UNKNOWN = "revocation_unknown"
     TIMEOUT = "timeout"
     RESPONSE_TOO_LARGE = "response_too_large"
     BAD_RESPONSE = "bad_response"
@@ -84,6 +86,8 @@ CALL_KINDS = frozenset(
         ErrorKind.HOSTNAME_MISMATCH,
         ErrorKind.CLIENT_CERTIFICATE_REJECTED,
         ErrorKind.CERTIFICATE_PIN,
+        ErrorKind.CERTIFICATE_REVOKED,
+        ErrorKind.REVOCATION_UNKNOWN,
         ErrorKind.TIMEOUT,
         ErrorKind.RESPONSE_TOO_LARGE,
         ErrorKind.BAD_RESPONSE,

@@ -67,6 +67,8 @@ class ProfileConfig:
     max_concurrency: int | None = None  # per-target limits for this profile's jobs (None:
     rate: float | None = None  # agent.target.* apply)
     burst: int | None = None
+    revocation: str = "off"  # off | soft | hard: is the partner's server certificate revoked?
+    crls: tuple[Path, ...] = ()  # CRL files to check it against (read again when changed)
 
     @property
     def store(self) -> str | None:
@@ -204,6 +206,8 @@ def _profiles(
         value = convert(p, PROFILE_CONVERTERS.get(key, as_text))
         if key in ("path", "key", "truststore") and value:
             value = convert(p, lambda v: path_from(base, v))
+        if key == "crls":
+            value = tuple(path_from(base, v) for v in value)
         if key == "type" and value:
             value = value.lower()
             if value not in KEYSTORE_TYPES:

@@ -51,6 +51,8 @@ PROFILE_KEYS = {
     "max_concurrency": "max_concurrency",
     "rate": "rate",
     "burst": "burst",
+    "revocation": "revocation",
+    "crl": "crls",
 }
 KEYSTORE_TYPES = ("jks", "jceks", "pkcs12", "p12", "pfx", "pem", "der")
 PROFILE_RE = re.compile(
@@ -278,6 +280,14 @@ def _password_type(v: str) -> str:
     return kind
 
 
+def _revocation(v: str) -> str:
+    """``.revocation``: off, soft (no answer: go on) or hard (no answer: fail)."""
+    mode = v.strip().lower()
+    if mode not in ("off", "soft", "hard"):
+        raise ValueError(f"must be off, soft or hard, got {v!r}")
+    return mode
+
+
 def _pins(v: str) -> tuple[str, ...]:
     """``.pin``: comma-separated ``sha256:<base64>`` of a server's SubjectPublicKeyInfo."""
     out = []
@@ -306,6 +316,8 @@ PROFILE_CONVERTERS: dict[str, Callable[[str], Any]] = {
     "max_concurrency": _int(0, 1_000_000),
     "rate": _float(0, 1_000_000),
     "burst": _int(0, 1_000_000),
+    "revocation": _revocation,
+    "crls": _list,
 }
 SECRET_NAMES = re.compile(r"(password|secret_id|token)$")
 

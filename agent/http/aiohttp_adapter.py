@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -29,7 +30,10 @@ from cryptography import x509
 
 from agent.errors import CallError, ErrorKind
 from agent.tls.context import pins_of
-from agent.tls.handshake import pin_of
+from agent.tls.handshake import pin_of, verified_chain
+from agent.tls.revocation import Outcome, RevocationChecker, RevocationPolicy, revocation_of
+
+log = logging.getLogger("agent.revocation")
 
 _ANSWERED: contextvars.ContextVar[bool] = contextvars.ContextVar("answered", default=False)
 
@@ -58,6 +62,7 @@ class WatchedHandler(ResponseHandler):
 
     answered = False
     pin_checked = False  # the server's key was checked against the context's pins
+    revocation: str | None = None  # the revocation check's evidence, once made
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
@@ -74,6 +79,7 @@ class WatchedConnector(aiohttp.TCPConnector):
         watched = functools.partial(WatchedHandler, loop=self._loop)
         self._factory = cast("functools.partial[ResponseHandler]", watched)
         self.max_idle = max_idle
+        self.revocation: RevocationChecker | None = None  # set by the transport
         self._idle = 0  # an upper bound: a connection taken from the pool is not subtracted
 
     def _release(
@@ -127,6 +133,10 @@ class WatchedConnector(aiohttp.TCPConnector):
             if pinned is not None and not proto.pin_checked:
                 _check_pin(conn, pinned, f"{req.url.host}:{req.url.port}")
                 proto.pin_checked = True  # a kept-alive connection is checked once
+            policy = revocation_of(req.ssl)
+            if policy is not None and proto.revocation is None and self.revocation is not None:
+                where = f"{req.url.host}:{req.url.port}"
+                proto.revocation = await _check_revocation(conn, self.revocation, policy, where)
         return conn
 
 
@@ -146,6 +156,46 @@ def _check_pin(conn: Connection, pinned: tuple[frozenset[str], str], where: str)
         f"{parameter}; if the partner changed its key, confirm the new pin with them and add it "
         "(agent sni-check prints a server's pin)",
     )
+
+
+async def _check_revocation(
+    conn: Connection, checker: RevocationChecker, policy: RevocationPolicy, where: str
+) -> str:
+    """After the handshake, before any byte of the request: is the server's certificate
+    revoked? Returns the evidence for the result; raises when the call must not go on."""
+    transport = conn.transport
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    chain = verified_chain(obj) if isinstance(obj, ssl.SSLObject) else []
+    if not chain:
+        outcome = Outcome("unknown", "the server's certificate could not be read")
+    else:
+        outcome = await checker.check(chain[0], chain[1] if len(chain) > 1 else None, policy)
+    if outcome.status == "good":
+        return outcome.evidence(policy.mode)
+    if outcome.status == "revoked":
+        conn.close()
+        when = f" on {outcome.revoked_at:%Y-%m-%d %H:%M} UTC" if outcome.revoked_at else ""
+        raise CallError(
+            ErrorKind.CERTIFICATE_REVOKED,
+            f"{where}: the server's certificate (serial {chain[0].serial_number:x}, "
+            f"{chain[0].subject.rfc4514_string()}) was revoked{when}, says {outcome.source}; "
+            "the partner must replace it",
+        )
+    if policy.mode == "hard":
+        conn.close()
+        raise CallError(
+            ErrorKind.REVOCATION_UNKNOWN,
+            f"{where}: cannot tell whether the server's certificate is revoked ({outcome.source});"
+            f" {policy.parameter}=hard refuses the call (soft would go on with a warning)",
+        )
+    checker.soft_failed()
+    log.warning(
+        "%s: cannot tell whether the server's certificate is revoked (%s); %s=soft goes on",
+        where,
+        outcome.source,
+        policy.parameter,
+    )
+    return outcome.evidence(policy.mode)
 
 
 class WatchedResponse(aiohttp.ClientResponse):

@@ -37,6 +37,7 @@ from agent.http.aiohttp_adapter import WatchedConnector, WatchedResponse
 from agent.http.allowlist import AllowList
 from agent.jobs.results import TLSInfo
 from agent.tls.handshake import pin_of
+from agent.tls.revocation import RevocationChecker
 
 log = logging.getLogger("agent.transport")
 
@@ -164,6 +165,7 @@ class Transport:
         self._pools: dict[int, _Pool] = {}  # by id of their network (each pool holds it)
         self._closing: set[asyncio.Task[None]] = set()
         self.on_connection: list[Callable[[bool], None]] = []  # called with new=True/False
+        self.on_revocation_unknown: list[Callable[[], None]] = []  # a soft check went on blind
         self._seen: weakref.WeakKeyDictionary[object, TLSInfo] = weakref.WeakKeyDictionary()
 
     def observe(self, protocol: object | None, base: TLSInfo) -> TLSInfo:
@@ -204,7 +206,7 @@ class Transport:
             enable_cleanup_closed=False,
             keepalive_timeout=network.idle_seconds,
         )
-        return aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=True,
             trust_env=False,
@@ -215,6 +217,10 @@ class Transport:
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,
         )
+        checker = RevocationChecker(functools.partial(_fetch, session))
+        checker.on_soft_failure = self.on_revocation_unknown
+        connector.revocation = checker
+        return session
 
     def use(self, network: Network) -> None:
         """``network`` is the state in force from now on. The sessions of other networks close
@@ -282,6 +288,25 @@ class Transport:
 
 
 _DIRECT = Network()
+MAX_REVOCATION_ANSWER = 10 * 1024 * 1024  # a CRL or OCSP answer larger than this is refused
+REVOCATION_TIMEOUT = 10.0  # seconds for one CRL or OCSP request
+
+
+async def _fetch(session: aiohttp.ClientSession, url: str, ocsp_request: bytes | None) -> bytes:
+    """A CRL (GET) or an OCSP answer (POST), through the session's resolver and allow-list."""
+    timeout = aiohttp.ClientTimeout(total=REVOCATION_TIMEOUT)
+    if ocsp_request is None:
+        call = session.get(url, timeout=timeout)
+    else:
+        headers = {"Content-Type": "application/ocsp-request"}
+        call = session.post(url, data=ocsp_request, headers=headers, timeout=timeout)
+    async with call as resp:
+        if resp.status != 200:
+            raise ValueError(f"answered HTTP {resp.status}")
+        data = await resp.content.read(MAX_REVOCATION_ANSWER + 1)
+        if len(data) > MAX_REVOCATION_ANSWER:
+            raise ValueError(f"answer over {MAX_REVOCATION_ANSWER // (1024 * 1024)} MiB")
+        return data
 
 
 def tls_details(protocol: object | None, base: TLSInfo) -> TLSInfo:
@@ -297,8 +322,10 @@ def tls_details(protocol: object | None, base: TLSInfo) -> TLSInfo:
     if isinstance(peer, tuple) and len(peer) >= 2:
         address = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
     subject, pin = _server(obj.getpeercert(binary_form=True))
+    revocation = getattr(protocol, "revocation", None)
     return replace(
         base,
+        revocation=revocation or base.revocation,
         version=obj.version(),
         cipher=cipher[0] if cipher else None,
         server_certificate=subject,

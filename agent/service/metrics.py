@@ -155,6 +155,11 @@ class Metrics:
             "Times a target's breaker opened after calls without an answer (all targets)",
             registry=r,
         )
+        self.revocation_unknown = Counter(
+            "agent_revocation_unknown",
+            "Calls that went on (.revocation=soft) though no CRL or OCSP answer could be had",
+            registry=r,
+        )
         self.target_waiting = Gauge(
             "agent_target_waiting_jobs",
             "Jobs waiting at a target's gate (a limit or an open breaker)",

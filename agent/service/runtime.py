@@ -142,6 +142,7 @@ class Daemon:
         self._operations: list[asyncio.Task[None]] = []
         self.on_report.append(self._observe_report)
         self.engine.transport.on_connection.append(self.metrics.connection)
+        self.engine.transport.on_revocation_unknown.append(self.metrics.revocation_unknown.inc)
         self.engine.on_vault_error.append(self.metrics.vault_error)
         self.engine.on_renewal_failed.append(self.metrics.renewal_failed)
         self.engine.on_cyberark_error.append(self.metrics.cyberark_errors.inc)

@@ -138,3 +138,21 @@ async def peer_names(
         return None
     seen = await handshake(addr, port, sni, ctx)
     return ", ".join(certificate_names(seen.cert)) if seen.cert else None
+
+
+def verified_chain(obj: ssl.SSLObject) -> list[x509.Certificate]:
+    """The chain OpenSSL verified for the peer, leaf first (its issuer next), read through the
+    ``_ssl`` object's ``get_verified_chain`` (public only from Python 3.13); just the leaf where
+    that is missing."""
+    inner = getattr(obj, "_sslobj", None)
+    get = getattr(inner, "get_verified_chain", None)
+    if get is not None:
+        try:
+            return [x509.load_der_x509_certificate(c.public_bytes(_DER)) for c in get()]
+        except (ValueError, TypeError, ssl.SSLError):
+            pass
+    der = obj.getpeercert(binary_form=True)
+    return [x509.load_der_x509_certificate(der)] if der else []
+
+
+_DER = 2  # _ssl.ENCODING_DER

@@ -29,6 +29,7 @@ from agent.errors import AgentError, KeystoreError, UnknownProfileError
 from agent.jobs.model import InlineProfile, Job
 from agent.jobs.parse import SNI
 from agent.tls.context import build_context, with_pins
+from agent.tls.revocation import RevocationPolicy, with_revocation
 
 log = logging.getLogger("agent.credentials")
 
@@ -53,6 +54,7 @@ class Identity:
     sni: SNI = None
     port: int = 443
     pins: tuple[str, ...] = ()  # the server's key must match one (``.pin``)
+    revocation: RevocationPolicy | None = None  # is the server's certificate revoked?
     _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
@@ -87,8 +89,18 @@ class Identity:
             ctx = build_context(self.material.client, self.material.trust, send_sni=send_sni)
             if self.pins:
                 with_pins(ctx, self.pins, f"mid.httpclient.protocol.{self.profile}.pin")
+            if self.revocation is not None:
+                with_revocation(ctx, self.revocation)
             self._contexts[send_sni] = ctx
         return ctx
+
+
+def policy_of(profile: ProfileConfig) -> RevocationPolicy | None:
+    """The profile's revocation check (None: ``off``)."""
+    if profile.revocation == "off":
+        return None
+    parameter = f"mid.httpclient.protocol.{profile.name}.revocation"
+    return RevocationPolicy(profile.revocation, profile.crls, parameter)
 
 
 def _files_of(profile: ProfileConfig) -> tuple[Path, ...]:
@@ -225,7 +237,9 @@ class Identities:
         old = self._profiles.get(name)
         self._generation = next(_GENERATIONS)
         key = f"profile:{name}#{self._generation}"
-        identity = Identity(key, name, material, profile.sni, profile.port, profile.pins)
+        identity = Identity(
+            key, name, material, profile.sni, profile.port, profile.pins, policy_of(profile)
+        )
         self._profiles[name] = _Cached(identity, (), time.monotonic())
         if old is not None:
             self._rotated(old.identity)
@@ -253,7 +267,9 @@ class Identities:
             material = await asyncio.to_thread(load_file_profile, profile)
         self._generation = next(_GENERATIONS)
         key = f"profile:{profile.name}#{self._generation}"
-        identity = Identity(key, profile.name, material, profile.sni, profile.port, profile.pins)
+        identity = Identity(
+            key, profile.name, material, profile.sni, profile.port, profile.pins, policy_of(profile)
+        )
         await asyncio.to_thread(identity.context, True)  # build off the loop; fail early
         return identity
 

@@ -157,8 +157,10 @@ class CA:
         days: float = 365,
         not_before_days: float = -1 / 24,
         key_type: str = "ec",
+        extensions: tuple[x509.ExtensionType, ...] = (),
     ) -> Issued:
-        """Issue a leaf for ``cn``; ``names`` become SANs (servers default to ``cn``)."""
+        """Issue a leaf for ``cn``; ``names`` become SANs (servers default to ``cn``);
+        ``extensions`` are added as they are (say, where its CRL and OCSP responder are)."""
         key = _new_key(key_type)
         now = dt.datetime.now(dt.UTC)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
@@ -180,6 +182,8 @@ class CA:
         san_names = names or (() if client else (cn,))
         if san_names:
             builder = builder.add_extension(_san(san_names), critical=False)
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         chain = tuple(c for c in self.chain if c.subject != c.issuer)  # the root stays out
         return Issued(cert=cert, key=key, chain=chain)
