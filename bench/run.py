@@ -84,6 +84,7 @@ class Figures:
     """Every measurement by name, one value per run; reported as medians."""
 
     values: dict[str, list[float]] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)  # the last round's latencies
 
     def add(self, name: str, value: float | None) -> None:
         if value is not None:
@@ -234,6 +235,7 @@ class Bench:
             self.nginx.url(self.nginx.warm_port), self.ctx, n, rate, self.s.concurrency
         )
         self.fig.add("paced.rate", rate)
+        self.fig.samples = {"agent, queue → result": agent, "bare aiohttp, due → answer": bare}
         for name, lat in (("agent", agent), ("aiohttp", bare)):
             self.fig.add(f"paced.{name}.p50", percentile(lat, 0.5) * 1000)
             self.fig.add(f"paced.{name}.p99", percentile(lat, 0.99) * 1000)
@@ -501,6 +503,15 @@ async def main_async(s: Settings, work: Path, pg: bool) -> Figures:
         return bench.fig
 
 
+def draw(s: Settings, figures: Figures, out: Path) -> None:
+    from . import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    points = {k: v for k in s.scale_profiles if (v := figures.get(f"scale.{k}")) is not None}
+    for path in (plots.latency_cdf(figures.samples, out), plots.scale(points, out)):
+        print(f"plot written: {path}", file=sys.stderr)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one run, small counts (a smoke test)")
@@ -512,6 +523,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--profile", metavar="DIR", help="profile the daemon (warm) instead")
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="also 10 and 10,000 profiles; write the latency CDF and jobs/s by profiles to DIR",
+    )
     return p.parse_args(argv)
 
 
@@ -524,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(**{**s.__dict__, "concurrency": args.concurrency})
     if args.workers:
         s = Settings(**{**s.__dict__, "workers": args.workers})
+    if args.plots and not args.quick:
+        s = Settings(**{**s.__dict__, "scale_profiles": (1, 10, 100, 1000, 10_000)})
     work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     try:
         if args.profile:
@@ -542,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             *targets(s, figures),
         ]
         print("\n".join(lines))
+        if args.plots:
+            draw(s, figures, Path(args.plots))
         return 0
     finally:
         if args.keep:
