@@ -81,11 +81,13 @@ class Engine:
         if target is None:  # not a URL: the caller says what is wrong with it
             return await self.caller.run(job, state.call, attempts_before, history, requeue)
         config = state.config
-        async with self.targets.admit(
-            target, limits_for(config, job), breaker_policy(config), hooks
-        ) as report:
+        limits, policy = limits_for(config, job), breaker_policy(config)
+        ticket = await self.targets.enter(target, limits, policy, hooks)
+        result: Result | None = None
+        try:
             result = await self.caller.run(job, state.call, attempts_before, history, requeue)
-            report(result)
+        finally:
+            self.targets.leave(ticket, result, policy, limits)
         return result
 
     def swap(self, config: AgentConfig, staged: Staged | None = None) -> RuntimeState:

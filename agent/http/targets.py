@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from yarl import URL
@@ -102,7 +102,7 @@ class Gate:
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self.changed = asyncio.Condition()
+        self._wake: asyncio.Event | None = None  # made when a job first waits
         self.in_flight = 0
         self.waiting = 0
         self.users = 0  # jobs between asking for this gate and reporting their result
@@ -115,6 +115,23 @@ class Gate:
         self.until = 0.0  # monotonic time an open breaker allows a trial
         self.trial_out = False
         self.last_failure = ""
+
+    async def wait(self, delay: float | None) -> None:
+        """Until something changes (a call ends) or ``delay`` seconds pass (None: no bound)."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        wake = self._wake
+        self.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+        finally:
+            self.waiting -= 1
+
+    def wake_all(self) -> None:
+        if self._wake is not None and self.waiting:
+            self._wake.set()
+            self._wake = None  # later waiters wait for the next change
 
     def wait_needed(self, now: float, limits: Limits) -> float | None:
         """0: the job may go now; a number: seconds to wait at most; None: wait for a change."""
@@ -204,56 +221,70 @@ class Gate:
         )
 
 
+@dataclass(slots=True)
+class Ticket:
+    """A call admitted to a target: report its result with ``Targets.leave``."""
+
+    gate: Gate
+    trial: bool
+
+
 class Targets:
-    """The gates of all targets the agent is calling or remembers."""
+    """The gates of all targets the agent is calling or remembers.
+
+    ``enter`` then ``leave`` around each call. The common case (no limit reached, breaker
+    closed) takes no lock and allocates one small ticket; waiting is on an event that ``leave``
+    sets when someone waits."""
 
     def __init__(self) -> None:
         self.gates: dict[str, Gate] = {}
         self.on_open: list[Callable[[str], None]] = []  # called with the target's key
 
-    @contextlib.asynccontextmanager
-    async def admit(
+    async def enter(
         self, key: str, limits: Limits, policy: BreakerPolicy, hooks: Hooks | None
-    ) -> AsyncIterator[Callable[[Result], None]]:
-        """Wait until ``key`` takes a call; yields the function to report its result with."""
-        gate = self.gates.setdefault(key, Gate(key))
+    ) -> Ticket:
+        """Wait until ``key`` takes a call."""
+        gate = self.gates.get(key)
+        if gate is None:
+            gate = self.gates[key] = Gate(key)
         gate.users += 1
+        trial: bool | None = None
         try:
-            parked, trial = await self._wait(gate, limits, hooks)
-            seen: list[Result] = []
-            try:
-                if parked and hooks is not None:
-                    await hooks.resume()
-                yield seen.append
-            finally:
-                openings = gate.openings_total
-                gate.outcome(seen[-1] if seen else None, trial, policy)
-                if gate.openings_total != openings:
-                    for callback in self.on_open:
-                        callback(key)
-                async with gate.changed:
-                    gate.changed.notify_all()
-        finally:
-            gate.users -= 1
-            if gate.idle(limits) and self.gates.get(key) is gate:
-                del self.gates[key]
+            delay = gate.wait_needed(time.monotonic(), limits)
+            parked = delay != 0
+            if parked and hooks is not None:
+                hooks.park()
+            while delay != 0:
+                await gate.wait(delay)
+                delay = gate.wait_needed(time.monotonic(), limits)
+            trial = gate.take(limits)
+            if parked and hooks is not None:
+                await hooks.resume()
+        except BaseException:
+            if trial is not None:  # admitted, then cut short: as a call that told nothing
+                self.leave(Ticket(gate, trial), None, policy, limits)
+            else:
+                self._done_with(gate, limits)
+            raise
+        return Ticket(gate, trial)
 
-    @staticmethod
-    async def _wait(gate: Gate, limits: Limits, hooks: Hooks | None) -> tuple[bool, bool]:
-        """Until the gate admits the call: (whether it waited, whether it is the trial)."""
-        parked = False
-        async with gate.changed:
-            while (delay := gate.wait_needed(time.monotonic(), limits)) != 0:
-                if not parked and hooks is not None:
-                    hooks.park()
-                parked = True
-                gate.waiting += 1
-                try:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(gate.changed.wait(), delay)
-                finally:
-                    gate.waiting -= 1
-            return parked, gate.take(limits)
+    def leave(
+        self, ticket: Ticket, result: Result | None, policy: BreakerPolicy, limits: Limits
+    ) -> None:
+        """The admitted call ended with ``result`` (None: cut short)."""
+        gate = ticket.gate
+        openings = gate.openings_total
+        gate.outcome(result, ticket.trial, policy)
+        if gate.openings_total != openings:
+            for callback in self.on_open:
+                callback(gate.key)
+        gate.wake_all()
+        self._done_with(gate, limits)
+
+    def _done_with(self, gate: Gate, limits: Limits) -> None:
+        gate.users -= 1
+        if gate.idle(limits) and self.gates.get(gate.key) is gate:
+            del self.gates[gate.key]
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
         """(breaker state: 0 closed, 1 open, 2 half-open; jobs waiting) by target."""
