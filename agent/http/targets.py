@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -87,6 +88,7 @@ def breaker_policy(config: AgentConfig) -> BreakerPolicy:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # jobs repeat endpoints
 def target_of(endpoint: str) -> str | None:
     """``host:port`` of an endpoint URL (the name as written, before any resolving)."""
     try:
@@ -223,9 +225,11 @@ class Gate:
 
 @dataclass(slots=True)
 class Ticket:
-    """A call admitted to a target: report its result with ``Targets.leave``."""
+    """A call admitted to a target: report its result with ``Targets.leave``. ``gate`` is None
+    for a target with nothing to remember and no limits: the common case costs no gate."""
 
-    gate: Gate
+    key: str
+    gate: Gate | None
     trial: bool
 
 
@@ -246,6 +250,8 @@ class Targets:
         """Wait until ``key`` takes a call."""
         gate = self.gates.get(key)
         if gate is None:
+            if not limits.max_concurrency and limits.rate <= 0:
+                return Ticket(key, None, False)  # nothing to count until a call fails
             gate = self.gates[key] = Gate(key)
         gate.users += 1
         trial: bool | None = None
@@ -262,17 +268,26 @@ class Targets:
                 await hooks.resume()
         except BaseException:
             if trial is not None:  # admitted, then cut short: as a call that told nothing
-                self.leave(Ticket(gate, trial), None, policy, limits)
+                self.leave(Ticket(key, gate, trial), None, policy, limits)
             else:
                 self._done_with(gate, limits)
             raise
-        return Ticket(gate, trial)
+        return Ticket(key, gate, trial)
 
     def leave(
         self, ticket: Ticket, result: Result | None, policy: BreakerPolicy, limits: Limits
     ) -> None:
         """The admitted call ended with ``result`` (None: cut short)."""
         gate = ticket.gate
+        if gate is None:
+            error = result.error if result is not None else None
+            if error is None or error.kind not in NO_ANSWER or result is None or result.status:
+                return  # answered (or told nothing): still nothing to remember
+            gate = self.gates.get(ticket.key)
+            if gate is None:
+                gate = self.gates[ticket.key] = Gate(ticket.key)
+            gate.users += 1
+            gate.in_flight += 1  # as if admitted through it, so that outcome() can count
         openings = gate.openings_total
         gate.outcome(result, ticket.trial, policy)
         if gate.openings_total != openings:
