@@ -6,6 +6,7 @@ A job waiting at a gate gives its worker slot to a job for another target."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +22,10 @@ from agent.queues.base import Claim
 from agent.queues.sqlite import SqliteQueue
 from agent.worker.worker import Worker
 from tests.support.configs import P, profile_config
+from tests.support.daemons import daemon, enqueue, until
 from tests.support.engines import running_engine
-from tests.support.jobs import make_job
+from tests.support.health import free_port, get, samples
+from tests.support.jobs import job_fields, make_job
 from tests.support.pki import PKI
 
 pytestmark = pytest.mark.timeout(60)
@@ -219,3 +222,48 @@ def test_breaker_states_reach_metrics_and_leave_with_their_targets() -> None:
     text = metrics.render().decode()
     assert 'agent_target_breaker_state{target="partner.test:443"}' not in text
     assert text.count("agent_target_breaker_state{") == TARGET_SERIES  # bounded
+
+
+async def test_the_daemon_shows_an_open_breaker_in_readyz_and_metrics(
+    tmp_path: Path, pki: PKI
+) -> None:
+    port, health = closed_port(), free_port()
+    params = {
+        "agent.health.listen": f"127.0.0.1:{health}",
+        "agent.breaker.failures": "2",
+        "agent.breaker.open_seconds": "600",  # stays open for the test
+        "agent.breaker.max_open_seconds": "600",
+        "agent.drain.seconds": "0.5",
+    }
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    async with daemon(tmp_path / "d", pki, port, "breaker-agent", url, **params) as running:
+        jobs = [job_fields(f"down-{i}", port) for i in range(3)]
+        await enqueue(running.config, jobs[:2])
+        await running.wait_logged("breaker open for 600 s")
+        await enqueue(running.config, jobs[2:])  # this one waits at the gate
+        base, key = f"http://127.0.0.1:{health}", target(port)
+
+        async def waiting() -> bool:
+            got = samples((await get(f"{base}/metrics"))[1])
+            return got.get(("agent_target_waiting_jobs", (("target", key),))) == 1
+
+        await until(waiting, "the third job waiting at the gate", 30)
+        status, text = await get(f"{base}/readyz")
+        got = samples((await get(f"{base}/metrics"))[1])
+        assert await running.stop() == 0
+    body = json.loads(text)
+    assert status == 503
+    assert [r for r in body["reasons"] if r.startswith(f"targets: {key}: breaker open")], body
+    assert got[("agent_target_breaker_state", (("target", key),))] == 1
+    assert got[("agent_target_breaker_openings_total", ())] == 1
+
+
+async def test_a_failing_breaker_listener_costs_no_job_its_result() -> None:
+    from agent.http.targets import Targets
+
+    targets = Targets()
+    targets.on_open.append(lambda key: 1 / 0)  # type: ignore[func-returns-value]
+    policy, limits = BreakerPolicy(failures=1), Limits()
+    ticket = await targets.enter("partner.test:443", limits, policy, None)
+    targets.leave(ticket, Result.failed("j", "connect", "refused"), policy, limits)  # no raise
+    assert targets.gates["partner.test:443"].state == OPEN

@@ -292,7 +292,10 @@ class Targets:
         gate.outcome(result, ticket.trial, policy)
         if gate.openings_total != openings:
             for callback in self.on_open:
-                callback(gate.key)
+                try:
+                    callback(gate.key)
+                except Exception:  # noqa: BLE001 - a listener must not cost the job its result
+                    log.exception("target %s: breaker listener failed", gate.key)
         gate.wake_all()
         self._done_with(gate, limits)
 

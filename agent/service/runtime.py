@@ -146,9 +146,7 @@ class Daemon:
         self.engine.on_vault_error.append(self.metrics.vault_error)
         self.engine.on_renewal_failed.append(self.metrics.renewal_failed)
         self.engine.on_cyberark_error.append(self.metrics.cyberark_errors.inc)
-        self.engine.targets.on_open.append(
-            lambda key: self.metrics.breaker_openings.labels(key).inc()
-        )
+        self.engine.targets.on_open.append(self.metrics.breaker_opened)
         self.board = StatusBoard()
         self.metrics.started(agent_version(), self.config.cert_warn_days)
 
