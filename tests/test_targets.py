@@ -16,7 +16,7 @@ import pytest
 from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import AgentConfig, load_config
 from agent.engine.engine import Engine
-from agent.http.targets import OPEN, BreakerPolicy, Gate, Hooks, Limits, limits_for
+from agent.http.targets import OPEN, BreakerPolicy, Gate, Hooks, Limits, traffic_of
 from agent.jobs.results import Result
 from agent.queues.base import Claim
 from agent.queues.sqlite import SqliteQueue
@@ -69,9 +69,11 @@ def test_a_profile_sets_its_own_limits(tmp_path: Path, pki: PKI) -> None:
         f"{P}.partner.rate": "2.5",
     }
     config = config_with(tmp_path, pki, 8443, **params)
-    partner = limits_for(config, make_job("p", 8443, profile="partner"))
+    partner = traffic_of(config).limits(make_job("p", 8443, profile="partner").protocol_profile)
     assert partner == Limits(max_concurrency=1, rate=2.5, burst=0) and partner.bucket == 3
-    assert limits_for(config, make_job("t", 8443, profile="two")) == Limits(8, 50.0, 0)
+    assert traffic_of(config).limits(make_job("t", 8443, profile="two").protocol_profile) == (
+        Limits(8, 50.0, 0)
+    )
 
 
 def test_the_token_bucket_admits_a_burst_then_one_call_per_interval() -> None:

@@ -23,15 +23,7 @@ from agent.errors import AgentError, ConfigError, VaultError
 from agent.http.allowlist import allow_list
 from agent.http.call import Caller
 from agent.http.policy import address_allow_list
-from agent.http.targets import (
-    BreakerPolicy,
-    Hooks,
-    Limits,
-    Targets,
-    breaker_policy,
-    limits_for,
-    target_of,
-)
+from agent.http.targets import Hooks, Targets, target_of
 from agent.http.transport import AllowingResolver, StaticResolver, Transport
 from agent.jobs.model import Job
 from agent.jobs.results import Result
@@ -60,11 +52,6 @@ class Engine:
         self.on_vault_renew: list[Callable[[str, ProfileMaterial], None]] = []
         self.on_renewal_failed: list[Callable[[str], None]] = []  # with the profile's name
         self._state = self._assemble(config, None)
-        self._traffic_cache: tuple[RuntimeState, dict[str | None, Limits], BreakerPolicy] = (
-            self._state,
-            {},
-            breaker_policy(config),
-        )
         self.transport.use(self._state.call.network)
 
     @property
@@ -93,7 +80,7 @@ class Engine:
         target = target_of(job.endpoint)
         if target is None:  # not a URL: the caller says what is wrong with it
             return await self.caller.run(job, state.call, attempts_before, history, requeue)
-        limits, policy = self._traffic(state, job)
+        limits, policy = state.traffic.limits(job.protocol_profile), state.traffic.breaker
         ticket = await self.targets.enter(target, limits, policy, hooks)
         result: Result | None = None
         try:
@@ -101,17 +88,6 @@ class Engine:
         finally:
             self.targets.leave(ticket, result, policy, limits)
         return result
-
-    def _traffic(self, state: RuntimeState, job: Job) -> tuple[Limits, BreakerPolicy]:
-        """The job's target limits and breaker policy under ``state`` (worked out once per
-        profile and state)."""
-        cache = self._traffic_cache
-        if cache[0] is not state:
-            cache = self._traffic_cache = (state, {}, breaker_policy(state.config))
-        limits = cache[1].get(job.protocol_profile)
-        if limits is None:
-            limits = cache[1][job.protocol_profile] = limits_for(state.config, job)
-        return limits, cache[2]
 
     def swap(self, config: AgentConfig, staged: Staged | None = None) -> RuntimeState:
         """Put ``config`` in force for the next job: a complete new state is assembled first,

@@ -3,8 +3,9 @@
 ``assemble`` is the one place where a configuration becomes working parts: the profiles become
 credential identities (``Identities``), ``agent.outbound.allow`` an allow-list checked by name
 and by address, ``agent.resolve`` and the SNI policy the call's settings, the limits the call's
-bounds. A reload assembles a new state beside the one in force and the engine swaps a single
-reference; a job holds the state it began with until it ends.
+bounds, the per-target limits and breaker the traffic policy. A reload assembles a new state
+beside the one in force and the engine swaps a single reference; a job holds the state it began
+with until it ends.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from agent.config.config import AgentConfig
 from agent.http.policy import CallState, call_state
+from agent.http.targets import Traffic, traffic_of
 from agent.tls.identities import Identities, Identity, Staged, VaultLoader
 
 _STATES = itertools.count(1)
@@ -25,6 +27,7 @@ class RuntimeState:
     config: AgentConfig  # the snapshot it was assembled from
     call: CallState  # what a call needs: identities, SNI policy, network, limits
     number: int  # 1 for the state the process started with, then one more per reload
+    traffic: Traffic  # per-target limits by profile, and the breaker policy
 
     @property
     def identities(self) -> Identities:
@@ -46,4 +49,4 @@ def assemble(
     identities = Identities(
         config.profiles, vault_loader=vault_loader, on_rotate=on_rotate, staged=staged
     )
-    return RuntimeState(config, call_state(config, identities), next(_STATES))
+    return RuntimeState(config, call_state(config, identities), next(_STATES), traffic_of(config))

@@ -25,14 +25,14 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from yarl import URL
 
 from agent.config.config import AgentConfig
 from agent.errors import ErrorKind
-from agent.jobs.model import Job
 from agent.jobs.results import Result
 
 log = logging.getLogger("agent.targets")
@@ -68,24 +68,45 @@ class Hooks:
     resume: Callable[[], Awaitable[None]]
 
 
-def limits_for(config: AgentConfig, job: Job) -> Limits:
-    """The limits for ``job``'s target: its profile's where it sets them, else agent.target.*."""
-    profile = config.profile(job.protocol_profile) if job.protocol_profile else None
-    if profile is None:
-        return Limits(config.target_max_concurrency, config.target_rate, config.target_burst)
-    return Limits(
-        config.target_max_concurrency
-        if profile.max_concurrency is None
-        else profile.max_concurrency,
-        config.target_rate if profile.rate is None else profile.rate,
-        config.target_burst if profile.burst is None else profile.burst,
-    )
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """A configuration's traffic policy: the breaker, and the limits by profile (casefolded,
+    as profile names match) with ``agent.target.*`` for the rest. Built once per runtime
+    state (``engine/state.py``)."""
+
+    breaker: BreakerPolicy
+    default: Limits
+    by_profile: Mapping[str, Limits]
+
+    def limits(self, profile: str | None) -> Limits:
+        """The limits for a job of ``profile``: its own where it sets them, else the default."""
+        if profile is None:
+            return self.default
+        return self.by_profile.get(profile.casefold(), self.default)
 
 
-def breaker_policy(config: AgentConfig) -> BreakerPolicy:
-    return BreakerPolicy(
+def traffic_of(config: AgentConfig) -> Traffic:
+    default = Limits(config.target_max_concurrency, config.target_rate, config.target_burst)
+    by_profile = {
+        name.casefold(): Limits(
+            default.max_concurrency if p.max_concurrency is None else p.max_concurrency,
+            default.rate if p.rate is None else p.rate,
+            default.burst if p.burst is None else p.burst,
+        )
+        for name, p in config.profiles.items()
+        if (p.max_concurrency, p.rate, p.burst) != (None, None, None)  # the rest: the default
+    }
+    breaker = BreakerPolicy(
         config.breaker_failures, config.breaker_open_seconds, config.breaker_max_open_seconds
     )
+    return Traffic(breaker, default, MappingProxyType(by_profile))
+
+
+def unanswered(result: Result | None) -> bool:
+    """Whether ``result`` is a call the target gave no answer to (what the breaker counts)."""
+    if result is None or result.error is None:
+        return False
+    return result.error.kind in NO_ANSWER and result.status is None
 
 
 @functools.lru_cache(maxsize=4096)  # jobs repeat endpoints
@@ -172,15 +193,17 @@ class Gate:
     def outcome(self, result: Result | None, trial: bool, policy: BreakerPolicy) -> None:
         """What the call's result says of the target (None: the call was cut short)."""
         self.in_flight -= 1
-        kind = result.error.kind if result is not None and result.error is not None else None
-        if result is not None and (kind is None or result.status is not None):
+        if unanswered(result):
+            if policy.failures > 0:
+                assert result is not None and result.error is not None
+                self.failures += 1
+                self.last_failure = result.error.kind
+                if trial or self.failures >= policy.failures:
+                    self._open(policy)
+            elif trial:
+                self.trial_out = False
+        elif result is not None and (result.error is None or result.status is not None):
             self._answered()
-        elif kind in NO_ANSWER and policy.failures > 0:
-            assert result is not None and result.error is not None
-            self.failures += 1
-            self.last_failure = kind
-            if trial or self.failures >= policy.failures:
-                self._open(policy)
         elif trial:
             self.trial_out = False  # told nothing about the target: the next job tries
 
@@ -280,8 +303,7 @@ class Targets:
         """The admitted call ended with ``result`` (None: cut short)."""
         gate = ticket.gate
         if gate is None:
-            error = result.error if result is not None else None
-            if error is None or error.kind not in NO_ANSWER or result is None or result.status:
+            if not unanswered(result):
                 return  # answered (or told nothing): still nothing to remember
             gate = self.gates.get(ticket.key)
             if gate is None:
