@@ -169,9 +169,7 @@ async def test_jobs_finishing_during_an_outage_do_not_cut_the_back_off_short(
             for i in range(4)
         ]
     )
-    monkeypatch.setattr(
-        "agent.worker.worker.random.uniform", lambda low, high: 30.0
-    )  # a long back-off
+    monkeypatch.setattr("agent.worker.worker.backoff", lambda *args: 30.0)  # a long back-off
     worker = Worker(queue, engine, journal=journal)
     serving = asyncio.create_task(worker.serve())
 

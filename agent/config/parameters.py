@@ -280,10 +280,13 @@ def _password_type(v: str) -> str:
     return kind
 
 
+REVOCATION_MODES = ("off", "soft", "hard")  # no check; no answer: go on; no answer: fail
+
+
 def _revocation(v: str) -> str:
     """``.revocation``: off, soft (no answer: go on) or hard (no answer: fail)."""
     mode = v.strip().lower()
-    if mode not in ("off", "soft", "hard"):
+    if mode not in REVOCATION_MODES:
         raise ValueError(f"must be off, soft or hard, got {v!r}")
     return mode
 

@@ -140,12 +140,18 @@ class WatchedConnector(aiohttp.TCPConnector):
         return conn
 
 
+def _ssl_object(conn: Connection) -> ssl.SSLObject | None:
+    """The TLS side of a connection just made (None: not TLS, or already gone)."""
+    transport = conn.transport
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    return obj if isinstance(obj, ssl.SSLObject) else None
+
+
 def _check_pin(conn: Connection, pinned: tuple[frozenset[str], str], where: str) -> None:
     """After the handshake, before any byte of the request: the server's key must be pinned."""
     pins, parameter = pinned
-    transport = conn.transport
-    obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    der = obj.getpeercert(binary_form=True) if isinstance(obj, ssl.SSLObject) else None
+    obj = _ssl_object(conn)
+    der = obj.getpeercert(binary_form=True) if obj is not None else None
     seen = pin_of(x509.load_der_x509_certificate(der)) if der else None
     if seen in pins:
         return
@@ -163,9 +169,8 @@ async def _check_revocation(
 ) -> str:
     """After the handshake, before any byte of the request: is the server's certificate
     revoked? Returns the evidence for the result; raises when the call must not go on."""
-    transport = conn.transport
-    obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    chain = verified_chain(obj) if isinstance(obj, ssl.SSLObject) else []
+    obj = _ssl_object(conn)
+    chain = verified_chain(obj) if obj is not None else []
     if not chain:
         outcome = Outcome("unknown", "the server's certificate could not be read")
     else:

@@ -32,7 +32,6 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 log = logging.getLogger("agent.revocation")
 
-MODES = ("off", "soft", "hard")
 MAX_CACHE = 3600.0  # seconds a fetched answer is kept at most
 NO_NEXT_UPDATE = 300.0  # ... and one without a next update
 Fetch = Callable[[str, bytes | None], Awaitable[bytes]]  # GET (None) or POST an OCSP request

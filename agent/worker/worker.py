@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 
 from agent.config.config import AgentConfig
 from agent.engine.engine import Engine
 from agent.errors import ErrorKind, QueueError
+from agent.http.call import backoff
 from agent.http.targets import Hooks
 from agent.jobs.results import Result
 from agent.queues.base import Claim, Queue
@@ -35,6 +35,7 @@ from agent.worker.stats import Stats
 
 log = logging.getLogger("agent.worker")
 
+QUEUE_BACKOFF_BASE = 1.0  # seconds: the first failure waits up to 1 s, then 2, 4 ... (jittered)
 QUEUE_BACKOFF_CAP = 30.0
 IDLE_NOTE_EVERY = 10.0  # seconds: at most one "queue empty" debug line per this (or per poll)
 _clock = time.monotonic  # for the idle note's rate limit (tests replace it)
@@ -302,7 +303,7 @@ class Worker:
 
     async def _back_off(self, exc: QueueError | None) -> None:
         self._queue_failures += 1
-        delay = random.uniform(0, min(QUEUE_BACKOFF_CAP, 0.5 * 2**self._queue_failures))
+        delay = backoff(self._queue_failures, QUEUE_BACKOFF_BASE, QUEUE_BACKOFF_CAP)
         if exc is not None:
             log.error("queue unreachable (%s); retrying in %.1f s", exc, delay)
         # Only a stop cuts the wait short: finishing jobs must not turn it into a tight retry.
