@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from tests.support.engines import running_engine
 from tests.support.health import free_port, get, samples
 from tests.support.jobs import job_fields, make_job
 from tests.support.pki import PKI
+from tests.support.queues import queue_fixture  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,14 +160,6 @@ async def test_an_open_breaker_makes_jobs_wait_then_a_trial_closes_it(
 
 
 # ---------------------------------------------------------------------- the worker's slots
-
-
-@pytest.fixture
-async def queue(tmp_path: Path) -> AsyncIterator[SqliteQueue]:
-    q = SqliteQueue(tmp_path / "queue.db")
-    await q.open()
-    yield q
-    await q.close()
 
 
 async def test_a_job_waiting_at_its_targets_gate_gives_its_slot_to_another(

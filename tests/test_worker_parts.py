@@ -3,10 +3,7 @@ results the queue could not take going to the journal and back."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from agent.errors import QueueError
 from agent.jobs.results import Result
@@ -17,14 +14,7 @@ from agent.worker.delivery import Delivery
 from agent.worker.leases import Leases
 from agent.worker.stats import Stats
 from tests.support.jobs import make_job
-
-
-@pytest.fixture
-async def queue(tmp_path: Path) -> AsyncIterator[SqliteQueue]:
-    q = SqliteQueue(tmp_path / "queue.db")
-    await q.open()
-    yield q
-    await q.close()
+from tests.support.queues import queue_fixture  # noqa: F401 - fixture
 
 
 def test_the_backlog_grows_to_four_trips_at_once_and_shrinks_by_one_percent_a_trip() -> None:
