@@ -14,7 +14,7 @@ import json
 import ssl
 from asyncio import sslproto
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -73,9 +73,9 @@ class DemoServer:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.peak = 0  # the most requests in /slow or /hold at once
-        self.started = asyncio.Event()  # set when a /slow request arrives
+        self.started = asyncio.Event()  # set when a /slow or /hold request arrives
         self.release = asyncio.Event()  # lets the requests held in /hold go
-        self.changed = asyncio.Event()  # set whenever a request enters or leaves /hold
+        self.changed = asyncio.Event()  # set whenever a request enters or leaves /slow or /hold
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
 
@@ -122,31 +122,31 @@ class DemoServer:
         return web.json_response(self._record(request, await request.read()))
 
     async def _slow(self, request: web.Request) -> web.Response:
+        seconds = float(request.query.get("seconds", "1"))
+        return await self._answer_after(request, lambda: asyncio.sleep(seconds))
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        """Answers once ``release`` is set: a caller sees what is in flight at once."""
+        return await self._answer_after(request, self.release.wait)
+
+    async def _answer_after(
+        self, request: web.Request, done: Callable[[], Awaitable[object]]
+    ) -> web.Response:
+        """Echo the request once ``done()`` returns, counted in flight meanwhile."""
         seen = self._record(request, await request.read())
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         self.started.set()
-        try:
-            await asyncio.sleep(float(request.query.get("seconds", "1")))
-        finally:
-            self.in_flight -= 1
-        return web.json_response(seen)
-
-    async def _hold(self, request: web.Request) -> web.Response:
-        """Answers once ``release`` is set: a caller sees what is in flight at once."""
-        seen = self._record(request, await request.read())
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
         self.changed.set()
         try:
-            await self.release.wait()
+            await done()
         finally:
             self.in_flight -= 1
             self.changed.set()
         return web.json_response(seen)
 
     async def until(self, condition: Callable[[], bool]) -> None:
-        """Until ``condition()`` holds, looked at whenever /hold changes."""
+        """Until ``condition()`` holds, looked at whenever /slow or /hold changes."""
         while not condition():
             self.changed.clear()
             await self.changed.wait()
