@@ -74,7 +74,6 @@ class RevocationChecker:
         self._files: dict[Path, tuple[float, x509.CertificateRevocationList | None]] = {}
         self._fetched: dict[str, tuple[float, x509.CertificateRevocationList]] = {}
         self._ocsp: dict[tuple[str, int], tuple[float, Outcome]] = {}
-        self.soft_failures = 0
         self.on_soft_failure: list[Callable[[], None]] = []
 
     async def check(
@@ -98,9 +97,11 @@ class RevocationChecker:
         return Outcome("unknown", "; ".join(tried) or "the certificate names no CRL or OCSP")
 
     def soft_failed(self) -> None:
-        self.soft_failures += 1
         for callback in self.on_soft_failure:
-            callback()
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a metrics listener must not fail the call
+                log.exception("revocation: soft-failure listener failed")
 
     # ------------------------------------------------------------------ CRLs
 
