@@ -11,6 +11,9 @@ its baseline run in the same script:
    client certificate of its own, PEM): jobs/s, key-material loads and SSL contexts built per
    second, and the peak resident memory the run added; baseline: the same jobs all carrying one
    record.
+3. **System trust.** Contexts for identities without a truststore, built the way the agent
+   does (the hashed CA directory, read on demand) and with ``load_default_certs`` (the whole
+   bundle parsed into each): milliseconds and resident KiB per context.
 
 The jobs run through the agent's engine (identities, routes, transport, call) without a queue:
 what is measured is what identities cost, not the queue's round trips (``python -m bench.run``
@@ -22,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +39,7 @@ from agent.commands.demo.pki import CA
 from agent.config.config import load_config
 from agent.engine.engine import Engine
 from agent.jobs.model import Job
+from agent.tls.systemtrust import system_trust
 
 from .agentrun import write_config
 from .peer import HOST, PATH, BenchNginx, BenchPKI
@@ -188,6 +194,32 @@ async def inline_scenario(
     return lines
 
 
+def system_trust_scenario(n: int) -> list[str]:
+    """Build ``n`` contexts trusting the system CAs each way; time and memory per context."""
+    trust = system_trust()
+    lines = [f"system trust: {n} contexts each way ({trust.why})"]
+    for label, load in (
+        ("agent (directory)", trust.load),
+        ("whole bundle", lambda c: c.load_default_certs(ssl.Purpose.SERVER_AUTH)),
+    ):
+        kept = []
+        gc.collect()
+        before = vm("VmRSS")
+        start = time.perf_counter()
+        for _ in range(n):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            load(ctx)
+            kept.append(ctx)
+        seconds = time.perf_counter() - start
+        grown = vm("VmRSS") - before
+        lines.append(
+            f"  {label:17}: {seconds / n * 1000:6.2f} ms and {grown * 1024 / n:6.1f} KiB per "
+            f"context, {kept[0].cert_store_stats()['x509']} CAs parsed in each"
+        )
+        del kept
+    return lines
+
+
 def bench_pki(directory: Path) -> tuple[BenchPKI, CA]:
     """The bench PKI, keeping the root so inline records can be issued by it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -209,6 +241,9 @@ async def main_async(args: argparse.Namespace, work: Path) -> None:
                 work, pki, nginx.warm_port, k, args.rounds, args.concurrency
             ):
                 print(line, flush=True)
+        if args.system_trust:
+            for line in system_trust_scenario(args.system_trust):
+                print(line, flush=True)
         if args.inline:
             for line in await inline_scenario(
                 work, pki, root, nginx.warm_port, args.inline, args.concurrency
@@ -220,12 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.identities", description=__doc__)
     parser.add_argument(
         "--profiles",
-        type=lambda v: [int(x) for x in v.split(",")],
+        type=lambda v: [int(x) for x in v.split(",") if x],
         default=[300, 1000],
         help="profile counts, comma-separated",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--inline", type=int, default=10_000, help="inline jobs (0: skip)")
+    parser.add_argument(
+        "--system-trust", type=int, default=200, help="contexts per system-trust way (0: skip)"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-identities-") as tmp:

@@ -9,8 +9,8 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import jks
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from agent.errors import KeystoreError
+
+if TYPE_CHECKING:
+    import jks
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
 _PARSE_ERRORS = (ValueError, TypeError, IndexError, KeyError, EOFError, struct.error)
@@ -65,6 +68,8 @@ def _misread(kind: str, data: bytes) -> str:
 
 
 def jks_open(data: bytes, kind: str, origin: str, password: str | None) -> jks.KeyStore:
+    import jks  # imported when a Java keystore is read: pyjks and its parts cost ~6 MiB
+
     try:
         return jks.KeyStore.loads(data, password, try_decrypt_keys=False)
     except jks.util.KeystoreSignatureException as exc:
@@ -84,6 +89,8 @@ def jks_entries(
 
     def loader(name: str, entry: jks.PrivateKeyEntry) -> Callable[[], PrivateKeyTypes]:
         def load() -> PrivateKeyTypes:
+            import jks
+
             try:
                 entry.decrypt(key_password or password)
                 return load_der_private_key(entry.pkey_pkcs8, None)

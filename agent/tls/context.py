@@ -23,6 +23,7 @@ from cryptography import x509
 
 from agent.credentials.formats import KeyMaterial
 from agent.credentials.memory import load_client_material, trust_pem
+from agent.tls.systemtrust import system_trust
 
 SNI = bool | str | None
 
@@ -158,7 +159,7 @@ def build_context(
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = send_sni
     if trust is None:
-        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        system_trust().load(ctx)  # the hashed CA directory, read on demand, where it can be
     else:
         ctx.load_verify_locations(cadata=trust_pem(trust))
     if client is not None:
