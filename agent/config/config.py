@@ -112,7 +112,8 @@ class AgentConfig:
     health_listen: tuple[str, int] | None = None
     max_response_bytes: int = 8 * 1024 * 1024
     max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
-    max_idle_connections: int = 256  # kept-alive connections over all identities
+    max_idle_connections: int = 1024  # kept-alive connections over all identities
+    max_inline_identities: int = 256  # inline records whose contexts are kept (LRU)
     idle_seconds: float = 30.0  # an idle connection closes after this long
     workers: int = 1
     journal_path: str = "agent-journal.db"

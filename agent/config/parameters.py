@@ -221,6 +221,7 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[str], Any]]] = {
     "agent.workers": ("workers", _int(1, 64)),
     "agent.http.max_idle_connections": ("max_idle_connections", _int(0, 1_000_000)),
     "agent.http.idle_seconds": ("idle_seconds", _float(0.1, 86400)),
+    "agent.inline.max_identities": ("max_inline_identities", _int(1, 1_000_000)),
     "agent.journal.path": ("journal_path", as_text),
     "agent.target.max_concurrency": ("target_max_concurrency", _int(0, 1_000_000)),
     "agent.target.rate": ("target_rate", _float(0, 1_000_000)),

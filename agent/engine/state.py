@@ -47,6 +47,10 @@ def assemble(
     if staged is not None and staged.config is not config:
         raise ValueError("the staged profiles were loaded for another configuration")
     identities = Identities(
-        config.profiles, vault_loader=vault_loader, on_rotate=on_rotate, staged=staged
+        config.profiles,
+        vault_loader=vault_loader,
+        on_rotate=on_rotate,
+        staged=staged,
+        max_inline=config.max_inline_identities,
     )
     return RuntimeState(config, call_state(config, identities), next(_STATES), traffic_of(config))

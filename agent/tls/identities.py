@@ -33,7 +33,7 @@ from agent.tls.revocation import RevocationPolicy, with_revocation
 
 log = logging.getLogger("agent.credentials")
 
-INLINE_CACHE_SIZE = 256
+INLINE_CACHE_SIZE = 256  # inline identities kept, LRU (agent.inline.max_identities)
 STAT_INTERVAL = 1.0  # seconds between checks of a profile's files for changes
 
 # Loads a profile's material from somewhere other than files (the vault); set by the vault layer.
@@ -139,6 +139,7 @@ class Identities:
         vault_loader: VaultLoader | None = None,
         on_rotate: Callable[[Identity], None] | None = None,
         staged: Staged | None = None,
+        max_inline: int = INLINE_CACHE_SIZE,
     ) -> None:
         """``on_rotate`` is told of an identity no new job will use (its connections can
         close); ``staged``: these profiles' material, already loaded (``stage``)."""
@@ -148,6 +149,7 @@ class Identities:
         self._generation = next(_GENERATIONS)
         self._profiles: dict[str, _Cached] = dict(staged.loaded) if staged is not None else {}
         self._inline: OrderedDict[str, Identity] = OrderedDict()
+        self.max_inline = max_inline
         self._building: dict[
             str, asyncio.Future[Identity | None]
         ] = {}  # inline records being built
@@ -305,7 +307,7 @@ class Identities:
         identity = Identity(f"inline:{digest[:16]}#{self._generation}", None, material, inline.sni)
         await asyncio.to_thread(identity.context, True)
         self._inline[digest] = identity
-        while len(self._inline) > INLINE_CACHE_SIZE:
+        while len(self._inline) > self.max_inline:
             _, old = self._inline.popitem(last=False)
             self._rotated(old)
         return identity

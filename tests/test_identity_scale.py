@@ -1,0 +1,129 @@
+"""Many identities at once, against the harness nginx: each keeps its kept-alive connection
+(credentials never cross), and the inline identities kept are bounded by a parameter."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config.config import load_config
+from agent.engine.engine import Engine
+from agent.errors import ConfigError
+from agent.jobs.model import Job
+from agent.jobs.results import Result
+from tests.support.configs import RESOLVE, P, write_config
+from tests.support.engines import running_engine
+from tests.support.results import echo
+from tests.support.servers import NginxPorts, PemFiles, ServerPKI
+
+IDENTITIES = 300  # more than the 256 connections the pool used to keep
+
+
+async def run_all(engine: Engine, jobs: list[Job], lanes: int = 8) -> list[Result]:
+    results: dict[str, Result] = {}
+    pending = iter(jobs)
+
+    async def lane() -> None:
+        for job in pending:
+            results[job.id] = await engine.run(job)
+
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+    return [results[job.id] for job in jobs]
+
+
+async def test_three_hundred_identities_keep_their_connections_and_never_share_one(
+    tmp_path: Path, server_pki: ServerPKI, nginx_ports: NginxPorts
+) -> None:
+    """300 profiles, each its own client certificate, called round-robin twice: a handshake
+    each in the first round, none in the second, and every answer saw its own certificate."""
+    params = {"agent.resolve": RESOLVE}
+    for i in range(IDENTITIES):
+        crt, key = server_pki.root.issue(f"scale-{i}", client=True).write_pem(tmp_path, f"c{i}")
+        params |= {
+            f"{P}.c{i}.path": str(crt),
+            f"{P}.c{i}.key": str(key),
+            f"{P}.c{i}.truststore": str(server_pki.ca_pem),
+        }
+    config = load_config(write_config(tmp_path, params), env={})
+    url = f"https://alpha.test:{nginx_ports.plain}/echo"
+    async with running_engine(config) as engine:
+        handshakes: list[bool] = []
+        engine.transport.on_connection.append(handshakes.append)
+        for round_ in range(2):
+            jobs = [
+                Job.from_dict(
+                    {
+                        "id": f"r{round_}-{i}",
+                        "topic": "RESTProbe",
+                        "endpoint": url,
+                        "protocol_profile": f"c{i}",
+                    }
+                )
+                for i in range(IDENTITIES)
+            ]
+            results = await run_all(engine, jobs)
+            for i, result in enumerate(results):
+                assert echo(result)["client_dn"].startswith(f"CN=scale-{i},"), result.to_dict()
+            new = sum(handshakes)
+            assert new == IDENTITIES, f"round {round_ + 1}: {new} handshakes"
+        assert len(handshakes) == 2 * IDENTITIES
+        assert engine.transport.idle_connections == IDENTITIES
+
+
+def record(files: PemFiles) -> dict[str, Any]:
+    pem = files.crt.read_bytes() + files.key.read_bytes()
+    return {"keystore": {"type": "pem", "data_base64": base64.b64encode(pem).decode()}}
+
+
+async def inline_run(
+    tmp_path: Path, pki: ServerPKI, port: int, keep: int
+) -> tuple[int, list[bool], list[str]]:
+    """Records of client-one, client-two, client-chained, then client-one again, with
+    ``agent.inline.max_identities=keep``: contexts built, handshakes, client DNs seen."""
+    params = {"agent.resolve": RESOLVE, "agent.inline.max_identities": str(keep)}
+    config = load_config(write_config(tmp_path, params), env={})
+    order = [pki.client_one, pki.client_two, pki.client_chained, pki.client_one]
+    trust = pki.ca_pem.read_text()
+    async with running_engine(config) as engine:
+        handshakes: list[bool] = []
+        engine.transport.on_connection.append(handshakes.append)
+        seen = []
+        for i, files in enumerate(order):
+            inline = record(files) | {"truststore_pem": trust}
+            job = {
+                "id": f"i{i}",
+                "topic": "RESTProbe",
+                "inline_profile": inline,
+                "endpoint": f"https://alpha.test:{port}/echo",
+            }
+            seen.append(echo(await engine.run(Job.from_dict(job)))["client_dn"])
+        return engine.state.identities.context_builds, handshakes, seen
+
+
+async def test_inline_identities_beyond_the_bound_are_built_again(
+    tmp_path: Path, server_pki: ServerPKI, nginx_ports: NginxPorts
+) -> None:
+    (tmp_path / "two").mkdir()
+    (tmp_path / "three").mkdir()
+    builds, handshakes, seen = await inline_run(tmp_path / "two", server_pki, nginx_ports.plain, 2)
+    assert builds == 4 and handshakes == [True, True, True, True]  # client-one was let go
+    assert [s.split(",")[0] for s in seen] == [
+        "CN=client-one",
+        "CN=client-two",
+        "CN=client-chained",
+        "CN=client-one",
+    ]
+    builds, handshakes, _ = await inline_run(tmp_path / "three", server_pki, nginx_ports.plain, 3)
+    assert builds == 3 and handshakes == [True, True, True, False]  # kept, and its connection
+
+
+def test_the_inline_bound_is_a_parameter_with_a_default(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path, {}), env={}).max_inline_identities == 256
+    bad = write_config(tmp_path, {"agent.inline.max_identities": "0"})
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad, env={})
+    assert "agent.inline.max_identities" in str(caught.value)
