@@ -43,12 +43,12 @@ def write_config(
     url: str | None = None,
     poll: float = 0.2,
     workers: int = 1,
+    clients: list[tuple[Path, Path]] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Path:
-    """config.xml with profiles ``p0``..``p{n-1}``, all presenting the bench client certificate.
-
-    Distinct profile names make distinct credential identities in the agent (own SSLContext, own
-    session and connection pool each), which is what costs memory; the files may be shared.
-    """
+    """config.xml with profiles ``p0``..``p{n-1}``, presenting ``clients[i]`` (certificate and
+    key files: each profile an identity of its own, as partners' are) or, without it, all the
+    bench client certificate. ``extra``: more parameters."""
     directory.mkdir(parents=True, exist_ok=True)
     params = {
         "name": "bench",
@@ -59,9 +59,11 @@ def write_config(
         "agent.lease.seconds": "300",
         "agent.workers": str(workers),
     }
+    params |= extra or {}
     for i in range(profiles):
-        params[f"{PROFILE_PREFIX}.p{i}.path"] = str(pki.client_crt)
-        params[f"{PROFILE_PREFIX}.p{i}.key"] = str(pki.client_key)
+        crt, key = clients[i] if clients is not None else (pki.client_crt, pki.client_key)
+        params[f"{PROFILE_PREFIX}.p{i}.path"] = str(crt)
+        params[f"{PROFILE_PREFIX}.p{i}.key"] = str(key)
         params[f"{PROFILE_PREFIX}.p{i}.truststore"] = str(pki.ca)
         params[f"{PROFILE_PREFIX}.p{i}.port"] = str(port)
     lines = [f'  <parameter name="{k}" value="{v}"/>' for k, v in params.items()]

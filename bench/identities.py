@@ -3,8 +3,8 @@
 Two scenarios against the bench nginx (mutual TLS, keep-alive, no session resumption), each with
 its baseline run in the same script:
 
-1. **Profiles round-robin.** ``k`` profiles (300 and 1,000 by default), each its own identity
-   (own SSL context), called one job per profile per round for several rounds. Printed per round:
+1. **Profiles round-robin.** ``k`` profiles (300 and 1,000 by default), each its own client
+   certificate and SSL context, called one job per profile per round for several rounds. Printed per round:
    jobs/s, TLS handshakes per job (target: about 1 in the first round, then 0) and jobs/s against
    the same number of jobs on one profile (target: at least 0.8 after the first round).
 2. **Distinct inline records.** ``n`` jobs (10,000 by default) each carrying its own keystore (a
@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvloop
 from cryptography.hazmat.primitives import serialization
 
 from agent.commands.demo.pki import CA
@@ -111,7 +112,12 @@ async def profiles_scenario(
     work: Path, pki: BenchPKI, port: int, k: int, rounds: int, concurrency: int
 ) -> list[str]:
     lines = [f"profiles round-robin: {k:,} profiles, {rounds} rounds of {k:,} jobs"]
-    many = Engine(load_config(write_config(work / f"p{k}", pki, port=port, threads=8, profiles=k)))
+    clients = pki.clients(work / f"clients-{k}", k)
+    many = Engine(
+        load_config(
+            write_config(work / f"p{k}", pki, port=port, threads=8, profiles=k, clients=clients)
+        )
+    )
     one = Engine(load_config(write_config(work / "p1", pki, port=port, threads=8, profiles=1)))
     try:
         await run_jobs(one, profile_jobs(concurrency, port, 1, "warm"), concurrency)
@@ -220,21 +226,10 @@ def system_trust_scenario(n: int) -> list[str]:
     return lines
 
 
-def bench_pki(directory: Path) -> tuple[BenchPKI, CA]:
-    """The bench PKI, keeping the root so inline records can be issued by it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    root = CA("Bench Root CA")
-    ca = directory / "ca.pem"
-    ca.write_bytes(root.cert_pem())
-    server_crt, server_key = root.issue(HOST, names=(HOST, "127.0.0.1")).write_pem(
-        directory, "server"
-    )
-    client_crt, client_key = root.issue("bench-client", client=True).write_pem(directory, "client")
-    return BenchPKI(ca, server_crt, server_key, client_crt, client_key), root
-
-
 async def main_async(args: argparse.Namespace, work: Path) -> None:
-    pki, root = bench_pki(work / "pki")
+    pki = BenchPKI.create(work / "pki")
+    assert pki.root is not None
+    root = pki.root
     with BenchNginx(work / "nginx", pki) as nginx:
         for k in args.profiles:
             for line in await profiles_scenario(
@@ -267,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-identities-") as tmp:
-        asyncio.run(main_async(args, Path(tmp)))
+        uvloop.run(main_async(args, Path(tmp)))  # the daemon's loop
     return 0
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.commands.demo.pki import CA
@@ -31,6 +32,16 @@ class BenchPKI:
     server_key: Path
     client_crt: Path
     client_key: Path
+    root: CA | None = field(default=None, compare=False, repr=False)  # issues more clients
+
+    def clients(self, directory: Path, n: int) -> list[tuple[Path, Path]]:
+        """``n`` client certificates of their own (certificate and key files), from the root."""
+        assert self.root is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        return [
+            self.root.issue(f"bench-client-{i}", client=True).write_pem(directory, f"c{i}")
+            for i in range(n)
+        ]
 
     @classmethod
     def create(cls, directory: Path) -> BenchPKI:
@@ -44,7 +55,7 @@ class BenchPKI:
         client_crt, client_key = root.issue("bench-client", client=True).write_pem(
             directory, "client"
         )
-        return cls(ca, server_crt, server_key, client_crt, client_key)
+        return cls(ca, server_crt, server_key, client_crt, client_key, root)
 
 
 def _server(port: int, pki: BenchPKI, keepalive: str) -> str:
@@ -70,6 +81,7 @@ class BenchNginx(Managed):
         self.pki = pki
         self.warm_port = free_port()
         self.cold_port = free_port()
+        self.status_port = free_port()  # plain HTTP: nginx's connection counters
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, port: int) -> str:
@@ -97,6 +109,10 @@ http {{
   keepalive_requests 1000000;
 {_server(self.warm_port, self.pki, "300s")}
 {_server(self.cold_port, self.pki, "0")}
+  server {{
+    listen 127.0.0.1:{self.status_port};
+    location = /status {{ stub_status; }}
+  }}
 }}
 """
 
@@ -120,6 +136,14 @@ http {{
                 self.stop()
                 raise RuntimeError(f"nginx did not start: {log.read_text(errors='replace')}")
             time.sleep(0.02)  # readiness poll, bounded by the deadline
+
+    def accepted(self) -> int:
+        """Connections nginx has accepted so far, this read's own included: on the TLS ports
+        each is a full handshake (no session resumption)."""
+        url = f"http://127.0.0.1:{self.status_port}/status"
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback, http
+            lines = resp.read().decode().splitlines()
+        return int(lines[2].split()[0])  # "server accepts handled requests" / "N N N"
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -14,6 +14,7 @@ from agent.commands.demo.demoserver import DemoServer
 from agent.config.config import load_config
 from agent.engine.engine import Engine
 from agent.errors import ConfigError
+from agent.http.aiohttp_adapter import WatchedConnector
 from agent.http.transport import Network, Transport
 from tests.support.configs import profile_config
 from tests.support.engines import running_engine
@@ -157,3 +158,23 @@ def test_a_bad_idle_bound_is_refused_naming_the_parameter(
     with pytest.raises(ConfigError) as caught:
         load_config(profile_config(tmp_path, pki, 443, **{name: value}), env={})
     assert name in str(caught.value)
+
+
+async def test_the_idle_count_follows_connections_in_and_out_of_the_pool(
+    ports: list[int],
+) -> None:
+    """Reusing a connection takes it out of the count: the bound is not recounted (a pass over
+    every identity's connections) on each release once as many requests as the bound were made."""
+    transport = Transport()
+    network = Network(max_idle=4)
+    transport.use(network)
+    try:
+        async with transport.session(network) as session:
+            connector = session.connector
+            assert isinstance(connector, WatchedConnector)
+            for _ in range(10):  # one key, one connection, reused
+                async with session.get(f"http://127.0.0.1:{ports[0]}/") as resp:
+                    assert await resp.text() == "hello"
+            assert connector._idle == connector.idle_count() == 1
+    finally:
+        await transport.close()

@@ -61,6 +61,7 @@ class WatchedHandler(ResponseHandler):
     """aiohttp's protocol, noting that a byte of an answer arrived."""
 
     answered = False
+    pooled = False  # idle in the connector's pool (counted in its ``_idle``)
     pin_checked = False  # the server's key was checked against the context's pins
     revocation: str | None = None  # the revocation check's evidence, once made
 
@@ -80,12 +81,20 @@ class WatchedConnector(aiohttp.TCPConnector):
         self._factory = cast("functools.partial[ResponseHandler]", watched)
         self.max_idle = max_idle
         self.revocation: RevocationChecker | None = None  # set by the transport
-        self._idle = 0  # an upper bound: a connection taken from the pool is not subtracted
+        # Idle connections, counted as they enter and leave the pool: an upper bound, since
+        # aiohttp drops expired ones unseen; recounted (one pass over the pool) when over the
+        # bound, so a release costs the same with 1 identity as with 10,000.
+        self._idle = 0
 
     def _release(
         self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
     ) -> None:
         super()._release(key, protocol, should_close=should_close)
+        conns = self._conns.get(key)
+        if not conns or conns[-1][0] is not protocol:
+            return  # closed, not kept
+        if isinstance(protocol, WatchedHandler):
+            protocol.pooled = True
         self._idle += 1
         if self._idle > self.max_idle:
             self._idle = self.idle_count()  # the true count, now and then
@@ -129,6 +138,9 @@ class WatchedConnector(aiohttp.TCPConnector):
         conn = await super().connect(req, traces, timeout)
         if isinstance(proto := conn.protocol, WatchedHandler):
             proto.answered = False
+            if proto.pooled:  # taken from the pool
+                proto.pooled = False
+                self._idle -= 1
             pinned = pins_of(req.ssl)
             if pinned is not None and not proto.pin_checked:
                 _check_pin(conn, pinned, f"{req.url.host}:{req.url.port}")
