@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from agent.engine.engine import Engine
 from agent.errors import ConfigError
 from agent.jobs.model import Job
 from agent.jobs.results import Result
-from tests.support.configs import RESOLVE, P, write_config
+from agent.tls import identities as identity_module
+from tests.support.configs import RESOLVE, P, tls_config, write_config
 from tests.support.engines import running_engine
 from tests.support.results import echo
 from tests.support.servers import NginxPorts, PemFiles, ServerPKI
@@ -127,3 +129,51 @@ def test_the_inline_bound_is_a_parameter_with_a_default(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(bad, env={})
     assert "agent.inline.max_identities" in str(caught.value)
+
+
+async def test_the_profiles_files_are_looked_at_together_once_per_interval(
+    tmp_path: Path, server_pki: ServerPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four profiles whose file checks are due look at their files in one thread hop, and a
+    changed file is still noticed (its profile is loaded again)."""
+    config = tls_config(tmp_path, server_pki)
+    async with running_engine(config) as engine:
+        await files_looked_at_together(engine, server_pki, monkeypatch)
+
+
+async def files_looked_at_together(
+    engine: Engine, server_pki: ServerPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identities = engine.state.identities
+    names = ["one", "two", "stranger", "foreign"]
+    for name in names:
+        await identities.for_profile(identities.profiles[name])
+    looks: list[int] = []
+    real = identity_module._stat_all
+
+    def counted(paths: tuple[Path, ...]) -> dict[Path, float]:
+        looks.append(len(paths))
+        return real(paths)
+
+    monkeypatch.setattr(identity_module, "_stat_all", counted)
+
+    def due() -> None:  # as if a second had passed since every profile's last check
+        for cached in identities._profiles.values():
+            cached.checked -= identity_module.STAT_INTERVAL
+        identities._seen_at -= identity_module.STAT_INTERVAL
+
+    due()
+    before = identities.context_builds
+    await asyncio.gather(*(identities.for_profile(identities.profiles[n]) for n in names))
+    assert len(looks) == 1 and looks[0] >= 4  # one look, at every loaded profile's files
+    assert identities.context_builds == before  # nothing changed, nothing loaded again
+    key = server_pki.client_two.key
+    original = key.stat().st_mtime
+    os.utime(key, (original + 5, original + 5))
+    try:
+        due()
+        await asyncio.gather(*(identities.for_profile(identities.profiles[n]) for n in names))
+    finally:
+        os.utime(key, (original, original))
+    assert len(looks) == 2
+    assert identities.context_builds == before + 1  # profile two, whose key file changed

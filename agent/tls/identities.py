@@ -34,7 +34,7 @@ from agent.tls.revocation import RevocationPolicy, with_revocation
 log = logging.getLogger("agent.credentials")
 
 INLINE_CACHE_SIZE = 256  # inline identities kept, LRU (agent.inline.max_identities)
-STAT_INTERVAL = 1.0  # seconds between checks of a profile's files for changes
+STAT_INTERVAL = 1.0  # seconds between looks at the profiles' files for changes
 
 # Loads a profile's material from somewhere other than files (the vault); set by the vault layer.
 VaultLoader = Callable[[ProfileConfig], Awaitable[ProfileMaterial]]
@@ -117,6 +117,10 @@ def _mtimes(paths: tuple[Path, ...]) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _stat_all(paths: tuple[Path, ...]) -> dict[Path, float]:
+    return dict(zip(paths, _mtimes(paths), strict=True))
+
+
 @dataclass
 class _Cached:
     identity: Identity
@@ -156,6 +160,12 @@ class Identities:
         self.context_builds = 0  # key material loaded and an SSL context built (for the bench)
         self._locks: dict[str, asyncio.Lock] = {}
         self._default: Identity | None = None
+        # The loaded profiles' files, looked at together in one thread hop at most once per
+        # STAT_INTERVAL, whatever the number of profiles (one look per profile and second
+        # was a thread hop per job once a thousand profiles were in use).
+        self._seen: dict[Path, float] = {}
+        self._seen_at = -STAT_INTERVAL
+        self._looking: asyncio.Task[dict[Path, float]] | None = None
 
     def profile(self, name: str) -> ProfileConfig | None:
         """The protocol profile called ``name``, matched without regard to case."""
@@ -254,7 +264,31 @@ class Identities:
         files = _files_of(profile)
         if not files:
             return False
-        return await asyncio.to_thread(_mtimes, files) != cached.mtimes
+        seen = await self._look(files)
+        return tuple(seen.get(p, -1.0) for p in files) != cached.mtimes
+
+    async def _look(self, files: tuple[Path, ...]) -> dict[Path, float]:
+        """The files' modification times, from a look at every loaded profile's files taken
+        less than STAT_INTERVAL ago (or started now and shared by the jobs that need it)."""
+        if time.monotonic() - self._seen_at < STAT_INTERVAL and all(p in self._seen for p in files):
+            return self._seen
+        if self._looking is None:
+            paths = {
+                p
+                for name in self._profiles
+                if name in self.profiles
+                for p in _files_of(self.profiles[name])
+            }
+            paths.update(files)
+            task = asyncio.ensure_future(asyncio.to_thread(_stat_all, tuple(paths)))
+            task.add_done_callback(self._looked)
+            self._looking = task
+        return await asyncio.shield(self._looking)
+
+    def _looked(self, task: asyncio.Task[dict[Path, float]]) -> None:
+        self._looking = None
+        if not task.cancelled() and task.exception() is None:
+            self._seen, self._seen_at = task.result(), time.monotonic()
 
     async def _load_profile(self, profile: ProfileConfig) -> Identity:
         self.context_builds += 1
