@@ -96,10 +96,10 @@ class BenchNginx(Managed):
         return f"""daemon off;
 master_process off;
 worker_processes 1;
-worker_rlimit_nofile 16384;
+worker_rlimit_nofile 40000;
 error_log {d / "error.log"} warn;
 pid {d / "nginx.pid"};
-events {{ worker_connections 8192; }}
+events {{ worker_connections 16384; }}
 http {{
   access_log off;
 {temps}

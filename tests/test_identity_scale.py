@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +179,23 @@ async def files_looked_at_together(
         os.utime(key, (original, original))
     assert len(looks) == 2
     assert identities.context_builds == before + 1  # profile two, whose key file changed
+
+
+def test_the_daemon_raises_its_open_files_limit_and_says_when_the_hard_one_is_too_low() -> None:
+    """Run in a child whose limits are lowered first (256 soft, 512 hard)."""
+    script = """
+import logging, resource, sys
+logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
+from agent.service.tuning import raise_open_files
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
+print(raise_open_files(300))
+print(resource.getrlimit(resource.RLIMIT_NOFILE))
+print(raise_open_files(2000))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "(512, 512)" and out[1] == "(512, 512)"  # raised to the hard limit
+    assert out[2].startswith("WARNING the open-files limit is 512, below the 2000")
+    assert "agent.http.max_idle_connections" in out[2] and "LimitNOFILE" in out[2]
+    assert out[3] == "(512, 512)"

@@ -29,7 +29,7 @@ from agent.http.soap import build_request
 from agent.jobs.model import Job
 from agent.queues.base import STATES
 from agent.service.logs import json_lines_for, setup_logging
-from agent.service.tuning import tune_for_daemon
+from agent.service.tuning import open_files_needed, raise_open_files, tune_for_daemon
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
@@ -150,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         supervisor = Supervisor(_config_path(args), config.workers, burst=args.burst)
         return asyncio.run(supervisor.run())
     daemon = Daemon(config, _config_path(args), burst=args.burst)
+    raise_open_files(open_files_needed(config))
     tune_for_daemon()
     return run_loop(daemon.run())
 
