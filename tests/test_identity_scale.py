@@ -8,6 +8,7 @@ import base64
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,40 @@ print(raise_open_files(2000))
     assert out[2].startswith("WARNING the open-files limit is 512, below the 2000")
     assert "agent.http.max_idle_connections" in out[2] and "LimitNOFILE" in out[2]
     assert out[3] == "(512, 512)"
+
+
+async def test_a_context_is_built_off_the_loop_once_however_many_jobs_wait_for_it(
+    tmp_path: Path,
+    server_pki: ServerPKI,
+    nginx_ports: NginxPorts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five jobs at once on a profile's first use without SNI: one build of that context, in
+    a thread; all five answered with the profile's certificate."""
+    builds: list[tuple[bool, bool]] = []  # (send_sni, built on the loop's thread)
+    real = identity_module.build_context
+    loop_thread = threading.get_ident()
+
+    def counted(*args: Any, send_sni: bool = True) -> Any:
+        builds.append((send_sni, threading.get_ident() == loop_thread))
+        return real(*args, send_sni=send_sni)
+
+    monkeypatch.setattr(identity_module, "build_context", counted)
+    async with running_engine(tls_config(tmp_path, server_pki)) as engine:
+        url = f"https://alpha.test:{nginx_ports.plain}/echo"
+        jobs = [
+            Job.from_dict(
+                {
+                    "id": f"n{i}",
+                    "topic": "RESTProbe",
+                    "endpoint": url,
+                    "protocol_profile": "one",
+                    "sni": False,
+                }
+            )
+            for i in range(5)
+        ]
+        results = await asyncio.gather(*(engine.run(job) for job in jobs))
+    for result in results:
+        assert echo(result)["client_dn"].startswith("CN=client-one")
+    assert builds == [(True, False), (False, False)]  # the profile's load, then no-SNI once

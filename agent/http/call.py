@@ -79,7 +79,7 @@ def _target(endpoint: str, profile_port: int) -> tuple[str, str, int]:
     return urlunsplit(("https", netloc, parts.path or "/", parts.query, "")), host, port
 
 
-def _route(job: Job, identity: Identity, state: CallState) -> Route:
+async def _route(job: Job, identity: Identity, state: CallState) -> Route:
     key = (identity.key, job.endpoint, job.sni)
     route = state.routes.get(key)
     if route is not None:
@@ -88,12 +88,14 @@ def _route(job: Job, identity: Identity, state: CallState) -> Route:
     choice = choose_sni(host, job=job.sni, profile=identity.sni, global_enabled=state.sni_enabled)
     profile, inline = identity.profile, identity.key.startswith("inline:")
     trust = trust_source(profile, inline, trusted=identity.material.trust is not None)
+    # an identity's first job without SNI builds that context, off the loop and only once
+    ctx = await identity.built_context(choice.send is not None or is_ip_literal(host))
     route = Route(
         url=url,
         host=host,
         port=port,
         server_hostname=choice.send if choice.send and choice.send != host else None,
-        ssl=identity.context(send_sni=choice.send is not None or is_ip_literal(host)),
+        ssl=ctx,
         tls=TLSInfo(
             sni=choice.send,
             client_certificate=identity.client_subject,
@@ -181,7 +183,7 @@ class Caller:
         _check_destination(job, state)
         identity = await state.identities.for_job(job)
         try:
-            route = _route(job, identity, state)
+            route = await _route(job, identity, state)
         except ValueError as exc:  # e.g. a port out of range
             raise JobError("endpoint", f"not a usable URL: {exc}") from None
         headers = dict(job.headers)

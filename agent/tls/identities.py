@@ -56,6 +56,7 @@ class Identity:
     pins: tuple[str, ...] = ()  # the server's key must match one (``.pin``)
     revocation: RevocationPolicy | None = None  # is the server's certificate revoked?
     _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
+    _building: dict[bool, asyncio.Future[ssl.SSLContext]] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
     def validity(self) -> tuple[float, float] | None:
@@ -82,6 +83,19 @@ class Identity:
     def contexts(self) -> list[ssl.SSLContext]:
         """The SSL contexts built so far (connections made with them are this identity's)."""
         return list(self._contexts.values())
+
+    async def built_context(self, send_sni: bool) -> ssl.SSLContext:
+        """``context``, built in a thread when it is not yet (parsing key material takes
+        milliseconds), once however many jobs ask at the same time."""
+        ctx = self._contexts.get(send_sni)
+        if ctx is not None:
+            return ctx
+        building = self._building.get(send_sni)
+        if building is None:
+            building = asyncio.ensure_future(asyncio.to_thread(self.context, send_sni))
+            self._building[send_sni] = building
+            building.add_done_callback(lambda _: self._building.pop(send_sni, None))
+        return await asyncio.shield(building)
 
     def context(self, send_sni: bool) -> ssl.SSLContext:
         ctx = self._contexts.get(send_sni)
