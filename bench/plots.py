@@ -43,8 +43,8 @@ def scale(points: dict[int, float], out: Path) -> Path:
     for x in xs:
         ax.annotate(f"{points[x]:,.0f}", (x, points[x]), textcoords="offset points", xytext=(0, 6))
     ax.set_xscale("log")
-    ax.set_xlabel("profiles (distinct client identities), jobs spread round-robin")
-    ax.set_ylabel("jobs/s")
+    ax.set_xlabel("profiles, each its own client certificate, jobs spread round-robin")
+    ax.set_ylabel("jobs/s after each profile's first handshake")
     ax.set_title("Agent throughput against the number of profiles")
     ax.grid(True, which="both", alpha=0.3)
     path = out / SCALE_PNG
