@@ -19,6 +19,7 @@ from agent.engine.engine import Engine
 from agent.errors import ConfigError
 from agent.jobs.model import Job
 from agent.jobs.results import Result
+from agent.tls import filestamps
 from agent.tls import identities as identity_module
 from tests.support.configs import RESOLVE, P, tls_config, write_config
 from tests.support.engines import running_engine
@@ -152,18 +153,18 @@ async def files_looked_at_together(
     for name in names:
         await identities.for_profile(identities.profiles[name])
     looks: list[int] = []
-    real = identity_module._stat_all
+    real = filestamps._stat_all
 
     def counted(paths: tuple[Path, ...]) -> dict[Path, float]:
         looks.append(len(paths))
         return real(paths)
 
-    monkeypatch.setattr(identity_module, "_stat_all", counted)
+    monkeypatch.setattr(filestamps, "_stat_all", counted)
 
     def due() -> None:  # as if a second had passed since every profile's last check
         for cached in identities._profiles.values():
-            cached.checked -= identity_module.STAT_INTERVAL
-        identities._seen_at -= identity_module.STAT_INTERVAL
+            cached.checked -= filestamps.STAT_INTERVAL
+        identities.stamps.stale()
 
     due()
     before = identities.context_builds

@@ -16,7 +16,7 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -29,12 +29,12 @@ from agent.errors import AgentError, KeystoreError, UnknownProfileError
 from agent.jobs.model import InlineProfile, Job
 from agent.jobs.parse import SNI
 from agent.tls.context import build_context, with_pins
+from agent.tls.filestamps import STAT_INTERVAL, FileStamps, files_of, mtimes
 from agent.tls.revocation import RevocationPolicy, with_revocation
 
 log = logging.getLogger("agent.credentials")
 
 INLINE_CACHE_SIZE = 256  # inline identities kept, LRU (agent.inline.max_identities)
-STAT_INTERVAL = 1.0  # seconds between looks at the profiles' files for changes
 
 # Loads a profile's material from somewhere other than files (the vault); set by the vault layer.
 VaultLoader = Callable[[ProfileConfig], Awaitable[ProfileMaterial]]
@@ -117,24 +117,6 @@ def policy_of(profile: ProfileConfig) -> RevocationPolicy | None:
     return RevocationPolicy(profile.revocation, profile.crls, parameter)
 
 
-def _files_of(profile: ProfileConfig) -> tuple[Path, ...]:
-    return tuple(p for p in (profile.path, profile.key, profile.truststore) if p is not None)
-
-
-def _mtimes(paths: tuple[Path, ...]) -> tuple[float, ...]:
-    out = []
-    for p in paths:
-        try:
-            out.append(p.stat().st_mtime)
-        except OSError:
-            out.append(-1.0)
-    return tuple(out)
-
-
-def _stat_all(paths: tuple[Path, ...]) -> dict[Path, float]:
-    return dict(zip(paths, _mtimes(paths), strict=True))
-
-
 @dataclass
 class _Cached:
     identity: Identity
@@ -174,12 +156,7 @@ class Identities:
         self.context_builds = 0  # key material loaded and an SSL context built (for the bench)
         self._locks: dict[str, asyncio.Lock] = {}
         self._default: Identity | None = None
-        # The loaded profiles' files, looked at together in one thread hop at most once per
-        # STAT_INTERVAL, whatever the number of profiles (one look per profile and second
-        # was a thread hop per job once a thousand profiles were in use).
-        self._seen: dict[Path, float] = {}
-        self._seen_at = -STAT_INTERVAL
-        self._looking: asyncio.Task[dict[Path, float]] | None = None
+        self.stamps = FileStamps(self._watched)  # the loaded profiles' files, looked at together
 
     def profile(self, name: str) -> ProfileConfig | None:
         """The protocol profile called ``name``, matched without regard to case."""
@@ -236,14 +213,14 @@ class Identities:
             cached = self._profiles.get(profile.name)
             if cached is not None and not await self._changed(profile, cached):
                 return cached.identity
-            files = _files_of(profile)
-            mtimes = await asyncio.to_thread(_mtimes, files) if files else ()
+            files = files_of(profile)
+            stamps = await asyncio.to_thread(mtimes, files) if files else ()
             try:
                 identity = await self._load_profile(profile)
             except AgentError as exc:
                 if cached is None:
                     raise
-                cached.mtimes = mtimes  # tried once: again only when the files change again
+                cached.mtimes = stamps  # tried once: again only when the files change again
                 log.error(
                     "profile %s: its files changed but cannot be loaded (%s); new jobs keep "
                     "the material loaded before",
@@ -251,7 +228,7 @@ class Identities:
                     exc,
                 )
                 return cached.identity
-            self._profiles[profile.name] = _Cached(identity, mtimes, time.monotonic())
+            self._profiles[profile.name] = _Cached(identity, stamps, time.monotonic())
             if cached is not None:
                 log.info("profile %s: key material changed; new connections use it", profile.name)
                 self._rotated(cached.identity)
@@ -275,34 +252,13 @@ class Identities:
         if now - cached.checked < STAT_INTERVAL:
             return False
         cached.checked = now
-        files = _files_of(profile)
-        if not files:
-            return False
-        seen = await self._look(files)
-        return tuple(seen.get(p, -1.0) for p in files) != cached.mtimes
+        files = files_of(profile)
+        return bool(files) and await self.stamps.of(files) != cached.mtimes
 
-    async def _look(self, files: tuple[Path, ...]) -> dict[Path, float]:
-        """The files' modification times, from a look at every loaded profile's files taken
-        less than STAT_INTERVAL ago (or started now and shared by the jobs that need it)."""
-        if time.monotonic() - self._seen_at < STAT_INTERVAL and all(p in self._seen for p in files):
-            return self._seen
-        if self._looking is None:
-            paths = {
-                p
-                for name in self._profiles
-                if name in self.profiles
-                for p in _files_of(self.profiles[name])
-            }
-            paths.update(files)
-            task = asyncio.ensure_future(asyncio.to_thread(_stat_all, tuple(paths)))
-            task.add_done_callback(self._looked)
-            self._looking = task
-        return await asyncio.shield(self._looking)
-
-    def _looked(self, task: asyncio.Task[dict[Path, float]]) -> None:
-        self._looking = None
-        if not task.cancelled() and task.exception() is None:
-            self._seen, self._seen_at = task.result(), time.monotonic()
+    def _watched(self) -> Iterator[Path]:
+        for name in self._profiles:
+            if name in self.profiles:
+                yield from files_of(self.profiles[name])
 
     async def _load_profile(self, profile: ProfileConfig) -> Identity:
         self.context_builds += 1
