@@ -238,3 +238,19 @@ async def test_a_context_is_built_off_the_loop_once_however_many_jobs_wait_for_i
     for result in results:
         assert echo(result)["client_dn"].startswith("CN=client-one")
     assert builds == [(True, False), (False, False)]  # the profile's load, then no-SNI once
+
+
+async def test_a_look_under_way_without_a_profiles_files_is_not_taken_for_a_change(
+    tmp_path: Path,
+) -> None:
+    """A profile loaded while a look (started without its files) is under way gets its files'
+    real times, not "missing", which would reload it as changed."""
+    a, b = tmp_path / "a.pem", tmp_path / "b.pem"
+    a.write_text("a")
+    b.write_text("b")
+    stamps = filestamps.FileStamps(lambda: [a])
+    first = asyncio.ensure_future(stamps.of((a,)))
+    await asyncio.sleep(0)  # one turn of the loop: the first look is now under way
+    assert stamps._looking is not None
+    assert await stamps.of((b,)) == (b.stat().st_mtime,)
+    assert await first == (a.stat().st_mtime,)

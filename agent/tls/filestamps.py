@@ -52,9 +52,11 @@ class FileStamps:
         self._seen_at = -STAT_INTERVAL
 
     async def of(self, files: tuple[Path, ...]) -> tuple[float, ...]:
-        if time.monotonic() - self._seen_at >= STAT_INTERVAL or not all(
-            p in self._seen for p in files
-        ):
+        # twice at most: a look already under way may have been started without these files
+        for _ in range(2):
+            fresh = time.monotonic() - self._seen_at < STAT_INTERVAL
+            if fresh and all(p in self._seen for p in files):
+                break
             await self._look(files)
         return tuple(self._seen.get(p, -1.0) for p in files)
 
