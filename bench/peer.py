@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.commands.demo.pki import CA
-from tests.support.servers import Managed, accepts, free_port
+from tests.support.servers import Managed, accepts, free_port, nginx_temp_paths
 
 HOST = "localhost"  # the URL host: SNI is sent, the server certificate names it
 PATH = "/bench"
@@ -89,10 +89,7 @@ class BenchNginx(Managed):
 
     def config_text(self) -> str:
         d = self.directory
-        temps = "\n".join(
-            f"  {k}_temp_path {d / 'tmp' / k};"
-            for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
+        temps = nginx_temp_paths(d)
         return f"""daemon off;
 master_process off;
 worker_processes 1;
@@ -117,8 +114,6 @@ http {{
 """
 
     def start(self) -> None:
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.directory / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         conf = self.directory / "nginx.conf"
         conf.write_text(self.config_text())
         log = self.directory / "nginx.stderr"

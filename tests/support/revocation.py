@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from agent.commands.demo.pki import CA, Issued
-from tests.support.servers import _Process, accepts, free_port
+from tests.support.servers import _Process, accepts, free_port, nginx_temp_paths
 
 
 def server_cert(ca: CA, name: str, *, crl_url: str | None, ocsp_url: str | None) -> Issued:
@@ -101,12 +101,7 @@ class StaticNginx(_Process):
 
     def _command(self) -> list[str]:
         d = self.directory
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (d / "tmp" / kind).mkdir(parents=True, exist_ok=True)
-        temp = "\n".join(
-            f"  {kind}_temp_path {d / 'tmp' / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
+        temp = nginx_temp_paths(d)
         conf = d / "nginx.conf"
         conf.write_text(
             f"""daemon off;

@@ -205,6 +205,16 @@ class ServerPKI:
 # Processes
 
 
+def nginx_temp_paths(directory: Path) -> str:
+    """The ``*_temp_path`` lines for an nginx run from ``directory`` (its own temporary
+    directories, made here, not the system's)."""
+    lines = []
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (directory / "tmp" / kind).mkdir(parents=True, exist_ok=True)
+        lines.append(f"  {kind}_temp_path {directory / 'tmp' / kind};")
+    return "\n".join(lines)
+
+
 class Managed:
     """``with server:`` starts it and always stops it."""
 
@@ -454,10 +464,7 @@ class Nginx(_Process):
 
     def config_text(self) -> str:
         d = self.directory
-        temp = "\n".join(
-            f"  {kind}_temp_path {d / 'tmp' / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
+        temp = nginx_temp_paths(d)
         maps = "\n".join(_json_map(var, i) for i, var in enumerate(ECHO_FIELDS.values()))
         servers = "\n".join(_server_block(s, self.files_dir) for s in self.servers)
         return f"""load_module {ECHO_MODULE};
@@ -480,8 +487,6 @@ http {{
 """
 
     def _prepare(self) -> None:
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.directory / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         self.files_dir.mkdir(exist_ok=True)
         (self.files_dir / "binary.bin").write_bytes(BINARY)
         with (self.files_dir / "large.bin").open("wb") as large:
@@ -815,6 +820,7 @@ __all__ = [
     "accepts",
     "client_hello_snis",
     "free_port",
+    "nginx_temp_paths",
     "nginx_ports",
     "plain_mtls_port",
     "server_pki",
