@@ -25,6 +25,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.tls.filestamps import mtimes
+
 log = logging.getLogger("agent.credentials")
 
 _PEM = re.compile(rb"-----BEGIN (?:TRUSTED )?CERTIFICATE-----(.*?)-----END", re.DOTALL)
@@ -52,22 +54,12 @@ class SystemTrust:
 def system_trust() -> SystemTrust:
     """The way to trust the system CAs now (decided again when the bundle or directory change)."""
     paths = ssl.get_default_verify_paths()
-    return _decide(paths.cafile, paths.capath, _stamp(paths.cafile), _stamp(paths.capath))
-
-
-def _stamp(path: str | None) -> float | None:
-    if path is None:
-        return None
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
+    named = tuple(Path(p) for p in (paths.cafile, paths.capath) if p is not None)
+    return _decide(paths.cafile, paths.capath, mtimes(named))
 
 
 @functools.lru_cache(maxsize=8)
-def _decide(
-    cafile: str | None, capath: str | None, _file_mtime: float | None, _dir_mtime: float | None
-) -> SystemTrust:
+def _decide(cafile: str | None, capath: str | None, _mtimes: tuple[float, ...]) -> SystemTrust:
     trust = _compare(cafile, capath)
     if trust.lazy:
         log.info("system CAs: %s", trust.why)
@@ -110,10 +102,11 @@ def _digests(data: bytes) -> set[str]:
     return found
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, limit: int) -> bytes | None:
+    """The file's bytes; b"" when it cannot be read, None when it is over ``limit``."""
     try:
-        if path.stat().st_size > _MAX_CA_FILE:
-            return b""
+        if path.stat().st_size > limit:
+            return None
         return path.read_bytes()
     except OSError:
         return b""
@@ -127,18 +120,12 @@ def _directory(capath: str) -> set[str]:
         return set()
     found: set[str] = set()
     for name in names:
-        found |= _digests(_read(Path(capath, name)))
+        found |= _digests(_read(Path(capath, name), _MAX_CA_FILE) or b"")
     return found
 
 
 def _bundle(cafile: str) -> set[str]:
-    path = Path(cafile)
-    try:
-        if path.stat().st_size > 64 * _MAX_CA_FILE:
-            return {"unreadable"}  # too large to compare: never taken as covered
-    except OSError:
-        return set()
-    try:
-        return _digests(path.read_bytes())
-    except OSError:
-        return set()
+    data = _read(Path(cafile), 64 * _MAX_CA_FILE)
+    if data is None:
+        return {"too large"}  # too large to compare: never taken as covered
+    return _digests(data)
