@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.config import load_config
+from agent.jobs.model import Job
 from agent.queues import open_queue
 
 from . import agentrun, clients
@@ -133,27 +134,29 @@ class Bench:
         workers: int = 1,
     ) -> tuple[float, agentrun.DaemonRun]:
         """Enqueue ``n`` jobs, run ``agent run --burst``; jobs/s from first claim to last result."""
-        directory = self.work / tag
-        config_path = agentrun.write_config(
-            directory,
-            self.pki,
-            port=port,
-            threads=self.s.concurrency if workers == 1 else self.s.threads_per_worker,
-            profiles=profiles,
-            url=url,
-            workers=workers,
+        jobs = agentrun.make_jobs(n, port, profiles, tag)
+        threads = self.s.concurrency if workers == 1 else self.s.threads_per_worker
+        run, first_claim = await self._burst(
+            tag, jobs, 600, port=port, threads=threads, profiles=profiles, url=url, workers=workers
         )
-        config = load_config(config_path)
-        await agentrun.enqueue(config, agentrun.make_jobs(n, port, profiles, tag))
-        run = await agentrun.run_burst(config_path, f"{tag}-0", timeout=600)
-        if run.first_claim is None:
-            raise RuntimeError(f"{tag}: the first claim was not seen")
         last = run.exited
         if url is None:
-            rows = agentrun.sqlite_rows(directory / "queue.db", tag)
+            rows = agentrun.sqlite_rows(self.work / tag / "queue.db", tag)
             agentrun.check_processed(rows, n, tag)
             last = max(u for _, _, u in rows)
-        return n / (last - run.first_claim), run
+        return n / (last - first_claim), run
+
+    async def _burst(
+        self, tag: str, jobs: list[Job], timeout: float, **config: Any
+    ) -> tuple[agentrun.DaemonRun, float]:
+        """Write ``tag``'s config.xml (``config``: ``write_config``'s settings), enqueue
+        ``jobs``, run ``agent run --burst`` over them; the run and its first claim's time."""
+        config_path = agentrun.write_config(self.work / tag, self.pki, **config)
+        await agentrun.enqueue(load_config(config_path), jobs)
+        run = await agentrun.run_burst(config_path, jobs[0].id, timeout=timeout)
+        if run.first_claim is None:
+            raise RuntimeError(f"{tag}: the first claim was not seen")
+        return run, run.first_claim
 
     async def agent_paced(self, tag: str, rate: float, n: int) -> list[float]:
         """Queue-to-result latencies with jobs enqueued at ``rate`` while the daemon runs."""
@@ -287,28 +290,22 @@ class Bench:
         clients = self._clients.get(k)
         if clients is None:
             clients = self._clients[k] = self.pki.clients(self.work / f"clients-{k}", k)
-        directory = self.work / tag
         port = self.nginx.warm_port
-        config_path = agentrun.write_config(
-            directory,
-            self.pki,
+        first = agentrun.make_jobs(k, port, k, f"{tag}-w")
+        jobs = first + agentrun.make_jobs(self.s.scale_jobs, port, k, f"{tag}-m")
+        accepted = self.nginx.accepted()
+        daemon, first_claim = await self._burst(
+            tag,
+            jobs,
+            900,
             port=port,
             threads=self.s.concurrency,
             profiles=k,
             clients=clients,
             extra=extra,
         )
-        config = load_config(config_path)
-        first = agentrun.make_jobs(k, port, k, f"{tag}-w")
-        await agentrun.enqueue(
-            config, first + agentrun.make_jobs(self.s.scale_jobs, port, k, f"{tag}-m")
-        )
-        accepted = self.nginx.accepted()
-        daemon = await agentrun.run_burst(config_path, f"{tag}-w-0", timeout=900)
         handshakes = self.nginx.accepted() - accepted - 1  # the second read is a connection too
-        if daemon.first_claim is None:
-            raise RuntimeError(f"{tag}: the first claim was not seen")
-        db = directory / "queue.db"
+        db = self.work / tag / "queue.db"
         warm = agentrun.sqlite_rows(db, f"{tag}-w")
         main = agentrun.sqlite_rows(db, f"{tag}-m")
         agentrun.check_processed(warm, k, f"{tag} first jobs")
@@ -317,7 +314,7 @@ class Bench:
         after = [u for _, _, u in main if u > firsts_done]
         last = max(u for _, _, u in main)
         rate_after = len(after) / (max(after) - firsts_done) if len(after) > 1 else None
-        rate_all = (k + self.s.scale_jobs) / (max(last, firsts_done) - daemon.first_claim)
+        rate_all = (k + self.s.scale_jobs) / (max(last, firsts_done) - first_claim)
         return ScaleRun(rate_all, rate_after, handshakes, daemon)
 
 
