@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from agent.commands.demo.demoserver import DemoServer
-from agent.config.config import load_config
+from agent.config.config import AgentConfig, load_config
 from agent.engine.engine import Engine
 from agent.errors import ConfigError
 from agent.http.aiohttp_adapter import WatchedConnector
@@ -178,3 +178,13 @@ async def test_the_idle_count_follows_connections_in_and_out_of_the_pool(
             assert connector._idle == connector.idle_count() == 1
     finally:
         await transport.close()
+
+
+def test_the_pool_defaults_are_the_parameters_defaults() -> None:
+    """A network built without config.xml (``Transport.session()``) bounds its pool as the
+    documented defaults of agent.http.max_idle_connections and idle_seconds do."""
+    defaults = AgentConfig()
+    assert (Network().max_idle, Network().idle_seconds) == (
+        defaults.max_idle_connections,
+        defaults.idle_seconds,
+    )

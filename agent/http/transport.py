@@ -41,10 +41,11 @@ from agent.tls.revocation import RevocationChecker
 
 log = logging.getLogger("agent.transport")
 
-# Idle kept-alive connections, over all identities. Each costs some 30 KiB (OpenSSL and buffers);
-# beyond this many the least recently used close, and their identity reconnects when next used.
-MAX_IDLE = 256  # idle connections kept over all identities (agent.http.max_idle_connections)
-IDLE_SECONDS = 30.0  # an idle connection closes after this long (agent.http.idle_seconds)
+# Idle kept-alive connections, over all identities. Each costs some 50 KiB (OpenSSL's share is
+# 29 KiB); beyond this many the least recently used close, and their identity reconnects when
+# next used. The defaults of agent.http.max_idle_connections and agent.http.idle_seconds.
+MAX_IDLE = 1024  # idle connections kept over all identities
+IDLE_SECONDS = 30.0  # an idle connection closes after this long
 
 # What an answer's head may hold. aiohttp's parser enforces the first three and the call checks
 # the total (``head_too_large``); an answer beyond them ends with ``response_too_large``. Real
