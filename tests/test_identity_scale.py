@@ -129,6 +129,7 @@ async def test_inline_identities_beyond_the_bound_are_built_again(
 
 def test_the_inline_bound_is_a_parameter_with_a_default(tmp_path: Path) -> None:
     assert load_config(write_config(tmp_path, {}), env={}).max_inline_identities == 256
+    assert identity_module.INLINE_CACHE_SIZE == 256  # Identities built without a config
     bad = write_config(tmp_path, {"agent.inline.max_identities": "0"})
     with pytest.raises(ConfigError) as caught:
         load_config(bad, env={})
