@@ -61,7 +61,7 @@ class Settings:
     latency_seconds: float = 10.0
     s_time_seconds: int = 5
     concurrency: int = 25
-    poll: float = 0.01  # mid.poll.time for the paced run: the SQLite queue has no push wake-up
+    poll: float = 0.01  # mid.poll.time for the paced run (a wait's bound: commits wake it first)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     @property

@@ -13,6 +13,11 @@ on / off, for a duration off / on):
 - switch interval: claim-and-store round trips of the queue's thread while the event loop is
   busy with other coroutines (about half the time, and all the time), at 1 ms and at Python's
   5 ms (the daemon no longer sets 1 ms: this showed no gain beyond the noise);
+- wake-up: an idle daemon's queue waiting for work while another connection enqueues one job
+  after a quiet spell longer than the queue's busy window, the wait woken by the kernel's report
+  of the write to the WAL (``sqlite_wake.CommitWatch``) or by polling ``data_version`` (every
+  1 ms, backing off to 50 ms when quiet); figures: enqueue committed → wait returned, and the
+  version reads while idle;
 - gc.freeze: a job loop (a task per job; jobs parsed, results built and encoded, a window of
   them kept alive, a reference cycle per job as responses hold) after the daemon's imports and
   a config of 100 profiles, with that start-up heap frozen or not; the figures are the longest
@@ -44,6 +49,7 @@ from agent.jobs.model import Job
 from agent.jobs.results import Result
 from agent.queues.base import Claim
 from agent.queues.sqlite import BUSY_TIMEOUT_MS, SqliteQueue
+from agent.queues.sqlite_wake import BUSY_WINDOW
 
 COUNTS = {"full GCs"}  # figures that are neither better nor worse when higher
 LEASE = 60.0
@@ -292,6 +298,55 @@ def gc_round(freeze: bool, jobs: int) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------------------------- wake-up
+
+
+async def _wakes(queue: SqliteQueue, other: SqliteQueue, quiet: float, n: int) -> list[float]:
+    noticed: list[float] = []
+    for i in range(n):
+        waiting = asyncio.create_task(queue.wait_for_work(60))
+        await asyncio.sleep(quiet)  # the quiet spell: nothing is committed meanwhile
+        await other.enqueue([job(i)])
+        committed = time.perf_counter()
+        await waiting
+        noticed.append(time.perf_counter() - committed)
+        await queue.claim("agent", 1, LEASE)
+    return noticed
+
+
+def wake_round(work: Path, pushed: bool, n: int) -> dict[str, float]:
+    quiet = BUSY_WINDOW + 0.2
+
+    async def run() -> dict[str, float]:
+        path = work / f"wake-{time.monotonic_ns()}.db"
+        queue, other = SqliteQueue(path), SqliteQueue(path)
+        await queue.open()
+        await other.open()
+        reads = 0
+        read = queue._data_version
+
+        def counted() -> int:
+            nonlocal reads
+            reads += 1
+            return read()
+
+        queue._data_version = counted  # type: ignore[method-assign]
+        if not pushed:
+            queue._watch_opened = True  # no watch: as where inotify is missing
+        try:
+            noticed = await _wakes(queue, other, quiet, n)
+        finally:
+            await queue.close()
+            await other.close()
+        return {
+            "notice p50 ms": pct(noticed, 0.5) * 1000,
+            "notice max ms": max(noticed) * 1000,
+            "reads/s idle": reads / (n * quiet),
+        }
+
+    return asyncio.run(run())
+
+
 # ------------------------------------------------------------------------------------ table
 
 
@@ -336,6 +391,12 @@ def tricks(work: Path, quick: bool) -> list[Trick]:
             lambda on: switch_round(work, _interval(on), 200 // scale, 0.0),
         ),
         Trick(
+            "wake-up after quiet",
+            "inotify",
+            "polled",
+            lambda on: wake_round(work, on, 8 // scale),
+        ),
+        Trick(
             "gc.freeze",
             "frozen",
             "not frozen",
@@ -369,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.tricks", description=__doc__)
     p.add_argument("--rounds", type=int, default=3, help="rounds per trick (medians)")
     p.add_argument("--quick", action="store_true", help="1 round, small counts")
-    p.add_argument("--only", help="the tricks whose name starts so: write, durability, switch, gc")
+    p.add_argument(
+        "--only", help="the tricks whose name starts so: write, durability, switch, wake, gc"
+    )
     args = p.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
     print(f"{'trick':<24}{'figure':<16}{'on':>14} {'':>10}  {'off':>13} {'':>10}  gain")

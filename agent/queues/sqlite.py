@@ -57,6 +57,7 @@ from agent.queues.sqlite_sql import (
     SCHEMA,
     STORE_RESULTS,
 )
+from agent.queues.sqlite_wake import CommitWatch, wait_for_commit
 
 log = logging.getLogger("agent.queues.sqlite")
 
@@ -73,11 +74,6 @@ def sqlite_path(url: str, base_dir: Path) -> Path:
     return base_dir / rest[1:]
 
 
-WAKE_POLL_MIN = 0.001  # seconds between looks for another process's commit, just after work
-WAKE_POLL_MAX = 0.05  # ... and after a quiet while
-BUSY_WINDOW = 1.0  # seconds after the last claimed job during which the look stays frequent
-
-
 class SqliteQueue(SqliteReads, Queue):
     delays_retries = True  # a retry is stored back as ready, due after its back-off
 
@@ -90,6 +86,8 @@ class SqliteQueue(SqliteReads, Queue):
         self._durable = True
         self._last_work = 0.0  # monotonic time of the last claim that returned jobs
         self._claimed_version: int | None = None  # data_version seen by the last claim
+        self._watch: CommitWatch | None = None  # other processes' commits, where inotify is
+        self._watch_opened = False  # at the first wait: one-shot users (the CLI) need none
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
 
     def __repr__(self) -> str:
@@ -149,6 +147,9 @@ class SqliteQueue(SqliteReads, Queue):
         self._scrub = busy != 0
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
@@ -216,27 +217,22 @@ class SqliteQueue(SqliteReads, Queue):
     # -- wake-ups ----------------------------------------------------------------------------
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return soon after another process commits (an enqueue), or after ``timeout``.
-
-        SQLite has no notifications; ``PRAGMA data_version`` changes when another connection
-        commits, and reading it is a cheap in-memory check. It is looked at every
-        WAKE_POLL_MIN while jobs came in the last BUSY_WINDOW (work tends to keep coming), then
-        less and less often, up to WAKE_POLL_MAX, so an idle agent costs next to nothing.
+        """Return soon after another process commits (an enqueue), or after ``timeout``: pushed
+        by the kernel where it can, polled where not (see ``sqlite_wake``).
 
         The version compared against is the one the last claim saw while it held the write
         lock, so a commit landing between that claim and this wait still counts.
         """
-        deadline = time.monotonic() + timeout
-        start = self._claimed_version
-        if start is None:
-            start = await self._run(self._data_version)
-        delay = WAKE_POLL_MIN
-        while (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(delay, left))
-            if await self._run(self._data_version) != start:
-                return
-            if time.monotonic() - self._last_work > BUSY_WINDOW:
-                delay = min(WAKE_POLL_MAX, delay * 1.5)
+        if not self._watch_opened:
+            self._watch_opened = True
+            self._watch = CommitWatch.open(self.path)
+        await wait_for_commit(
+            self._watch,
+            lambda: self._run(self._data_version),
+            self._claimed_version,
+            timeout,
+            lambda: self._last_work,
+        )
 
     def _data_version(self) -> int:
         row = self.db.execute("PRAGMA data_version").fetchone()

@@ -1,0 +1,164 @@
+"""How the embedded queue notices another process's commit (an enqueue): SQLite has no
+notifications, but ``PRAGMA data_version`` changes when another connection commits, and reading
+it is a cheap in-memory check. When to read it:
+
+- **pushed** (Linux): in WAL mode every commit appends to ``<file>-wal``, and inotify reports the
+  write. The version is read after each such write (and again, less and less often, until the
+  commit shows), so an idle daemon costs nothing and still notices an enqueue as soon as it is
+  written, however long it was idle. A write is only a hint: the queue's own commits write the
+  file too, and the version tells them apart.
+- **polled** where inotify is missing (not Linux) or its limits are reached
+  (``fs.inotify.max_user_watches``, ``max_user_instances``): every WAKE_POLL_MIN while jobs came
+  in the last BUSY_WINDOW (work tends to keep coming), then less and less often, up to
+  WAKE_POLL_MAX, so an idle agent costs little; the first job after a quiet spell waits up to
+  WAKE_POLL_MAX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+log = logging.getLogger("agent.queues.sqlite")
+
+try:
+    from inotify_simple import INotify
+    from inotify_simple import flags as _flags
+except ImportError:  # not Linux: the queue polls
+    INotify = None
+
+WAKE_POLL_MIN = 0.001  # seconds between looks for another process's commit, just after work
+WAKE_POLL_MAX = 0.05  # ... and after a quiet while
+BUSY_WINDOW = 1.0  # seconds after the last claimed job during which the look stays frequent
+HINT_WINDOW = 1.0  # seconds to look for the commit after a write to the WAL ...
+HINT_LOOK_FIRST = 0.0002  # ... first after this, then 1.5 times longer each time
+
+# the directory is watched, not the file: the WAL is made anew when the last connection closes
+_MASK = 0 if INotify is None else _flags.MODIFY | _flags.CREATE | _flags.MOVED_TO
+
+
+class CommitWatch:
+    """Writes to one SQLite file's WAL, as an awaitable signal on the event loop."""
+
+    def __init__(self, notify: INotify, wal_name: str) -> None:
+        self._notify = notify
+        self._wal = wal_name
+        self._signal = asyncio.Event()
+        self.waiting = asyncio.Event()  # set while ``wait`` is parked (tests await it)
+        self.hints = 0  # writes to the WAL seen so far
+
+    @classmethod
+    def open(cls, db_path: Path) -> CommitWatch | None:
+        """A watch on ``db_path``'s WAL, or None (with the reason logged) where there is none."""
+        if INotify is None:
+            return None
+        notify: INotify | None = None
+        try:
+            notify = INotify(nonblocking=True)
+            notify.add_watch(os.fspath(db_path.parent), _MASK)
+            return cls(notify, db_path.name + "-wal")
+        except OSError as exc:
+            if notify is not None:
+                notify.close()
+            log.warning(
+                "queue %s: cannot watch for other processes' commits (%s); looking for new "
+                "jobs every 1 to 50 ms instead (raise fs.inotify.max_user_watches or "
+                "max_user_instances if that is the limit)",
+                db_path,
+                exc.strerror or exc,
+            )
+            return None
+
+    def _readable(self) -> None:
+        try:
+            events = self._notify.read(timeout=0)
+        except BlockingIOError:
+            return
+        # an overflowed kernel queue may have dropped the WAL's event: count it as one
+        if any(e.name == self._wal or e.mask & _flags.Q_OVERFLOW for e in events):
+            self.hints += 1
+            self._signal.set()
+
+    def clear(self) -> None:
+        """Forget the writes seen so far (the caller is about to look at the file itself).
+        Between waits the kernel keeps the events (coalesced); they are read here, not on
+        the event loop at every commit while the daemon is busy."""
+        self._readable()
+        self._signal.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        """True once the WAL was written since the last ``clear``; False after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        fd = self._notify.fileno()
+        loop.add_reader(fd, self._readable)
+        self.waiting.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._signal.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self.waiting.clear()
+            loop.remove_reader(fd)
+        self._signal.clear()
+        return True
+
+    def close(self) -> None:
+        self._notify.close()
+
+
+async def wait_for_commit(
+    watch: CommitWatch | None,
+    version: Callable[[], Awaitable[int]],
+    seen: int | None,
+    timeout: float,
+    last_work: Callable[[], float],
+) -> None:
+    """Return once ``version()`` (the file's ``data_version``) differs from ``seen`` (read
+    now when None), or after ``timeout`` seconds. ``last_work``: the monotonic time jobs
+    last came (it keeps polling frequent)."""
+    deadline = time.monotonic() + timeout
+    if watch is None:
+        if seen is None:
+            seen = await version()
+
+        def quiet() -> bool:
+            return time.monotonic() - last_work() > BUSY_WINDOW
+
+        await _look(version, seen, deadline, WAKE_POLL_MIN, quiet)
+        return
+    watch.clear()  # a commit before this line is caught by the look below
+    now = await version()
+    if seen is not None and now != seen:
+        return
+    while (left := deadline - time.monotonic()) > 0:
+        if not await watch.wait(left):
+            return
+        # The writer's frames are in the WAL; its commit shows once it has flushed them
+        # (fsync) and updated the shared index, which the kernel does not report: look until
+        # the version moves, for at most HINT_WINDOW (the write may also be this process's).
+        until = min(deadline, time.monotonic() + HINT_WINDOW)
+        if await _look(version, now, until, HINT_LOOK_FIRST, lambda: True):
+            return
+
+
+async def _look(
+    version: Callable[[], Awaitable[int]],
+    seen: int,
+    deadline: float,
+    delay: float,
+    slower: Callable[[], bool],
+) -> bool:
+    """Read ``version()`` after ``delay``, then 1.5 times less often each time ``slower()``
+    says so (up to WAKE_POLL_MAX), until it differs from ``seen`` (True) or ``deadline``."""
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(delay, left))
+        if await version() != seen:
+            return True
+        if slower():
+            delay = min(WAKE_POLL_MAX, delay * 1.5)
+    return False
