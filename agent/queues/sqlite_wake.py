@@ -3,10 +3,11 @@ notifications, but ``PRAGMA data_version`` changes when another connection commi
 it is a cheap in-memory check. When to read it:
 
 - **pushed** (Linux): in WAL mode every commit appends to ``<file>-wal``, and inotify reports the
-  write. The version is read after each such write (and again, less and less often, until the
-  commit shows), so an idle daemon costs nothing and still notices an enqueue as soon as it is
-  written, however long it was idle. A write is only a hint: the queue's own commits write the
-  file too, and the version tells them apart.
+  write. A write is only a hint: the commit shows once the writer has flushed it, and the
+  queue's own commits write the file too. So after each write the version is read every
+  WAKE_POLL_MIN or so for HINT_FAST, then less and less often up to HINT_WINDOW, and then not
+  at all until the next write: an idle daemon costs nothing and still notices an enqueue
+  within a millisecond, however long it was idle.
 - **polled** where inotify is missing (not Linux) or its limits are reached
   (``fs.inotify.max_user_watches``, ``max_user_instances``): every WAKE_POLL_MIN while jobs came
   in the last BUSY_WINDOW (work tends to keep coming), then less and less often, up to
@@ -17,6 +18,7 @@ it is a cheap in-memory check. When to read it:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -35,7 +37,8 @@ WAKE_POLL_MIN = 0.001  # seconds between looks for another process's commit, jus
 WAKE_POLL_MAX = 0.05  # ... and after a quiet while
 BUSY_WINDOW = 1.0  # seconds after the last claimed job during which the look stays frequent
 HINT_WINDOW = 1.0  # seconds to look for the commit after a write to the WAL ...
-HINT_LOOK_FIRST = 0.0002  # ... first after this, then 1.5 times longer each time
+HINT_LOOK_FIRST = 0.0005  # ... first after this, then 1.5 times longer each time ...
+HINT_FAST = 0.05  # ... up to WAKE_POLL_MIN for this long (a flush), then up to WAKE_POLL_MAX
 
 # the directory is watched, not the file: the WAL is made anew when the last connection closes
 _MASK = 0 if INotify is None else _flags.MODIFY | _flags.CREATE | _flags.MOVED_TO
@@ -50,6 +53,7 @@ class CommitWatch:
         self._signal = asyncio.Event()
         self.waiting = asyncio.Event()  # set while ``wait`` is parked (tests await it)
         self.hints = 0  # writes to the WAL seen so far
+        self._blind = True  # until the first ``clear``: writes before the watch went unseen
 
     @classmethod
     def open(cls, db_path: Path) -> CommitWatch | None:
@@ -73,22 +77,26 @@ class CommitWatch:
             )
             return None
 
-    def _readable(self) -> None:
+    def _readable(self) -> bool:
         try:
             events = self._notify.read(timeout=0)
         except BlockingIOError:
-            return
+            return False
         # an overflowed kernel queue may have dropped the WAL's event: count it as one
         if any(e.name == self._wal or e.mask & _flags.Q_OVERFLOW for e in events):
             self.hints += 1
             self._signal.set()
+            return True
+        return False
 
-    def clear(self) -> None:
-        """Forget the writes seen so far (the caller is about to look at the file itself).
-        Between waits the kernel keeps the events (coalesced); they are read here, not on
-        the event loop at every commit while the daemon is busy."""
-        self._readable()
+    def clear(self) -> bool:
+        """Take the writes seen so far (the caller is about to look at the file itself): True
+        if there were any (or may have been: the first time). Between waits the kernel keeps the
+        events (coalesced); they are read here, not on the loop at every commit while busy."""
+        written = self._readable() or self._blind
+        self._blind = False
         self._signal.clear()
+        return written
 
     async def wait(self, timeout: float) -> bool:
         """True once the WAL was written since the last ``clear``; False after ``timeout``."""
@@ -126,24 +134,31 @@ async def wait_for_commit(
         if seen is None:
             seen = await version()
 
-        def quiet() -> bool:
-            return time.monotonic() - last_work() > BUSY_WINDOW
+        def cap() -> float:
+            busy = time.monotonic() - last_work() <= BUSY_WINDOW
+            return WAKE_POLL_MIN if busy else WAKE_POLL_MAX
 
-        await _look(version, seen, deadline, WAKE_POLL_MIN, quiet)
+        await _look(version, seen, deadline, WAKE_POLL_MIN, cap)
         return
-    watch.clear()  # a commit before this line is caught by the look below
-    now = await version()
-    if seen is not None and now != seen:
-        return
-    while (left := deadline - time.monotonic()) > 0:
-        if not await watch.wait(left):
+    # Any commit since ``seen`` was read wrote the WAL, so its event is still to be taken:
+    # the version need only be read now when there is no ``seen`` to compare with.
+    written = watch.clear()
+    now = await version() if seen is None else seen
+    # A write seen (here or by the wait below) is a commit on its way: the writer's frames are
+    # in the WAL, but the commit shows only once they are flushed (fsync) and the shared index
+    # updated, which the kernel does not report. So look until the version moves, for at
+    # most HINT_WINDOW (the write may also have been this process's own).
+    while written or await watch.wait(deadline - time.monotonic()):
+        hinted = time.monotonic()
+        cap = functools.partial(_after_hint, hinted)
+        if await _look(version, now, min(deadline, hinted + HINT_WINDOW), HINT_LOOK_FIRST, cap):
             return
-        # The writer's frames are in the WAL; its commit shows once it has flushed them
-        # (fsync) and updated the shared index, which the kernel does not report: look until
-        # the version moves, for at most HINT_WINDOW (the write may also be this process's).
-        until = min(deadline, time.monotonic() + HINT_WINDOW)
-        if await _look(version, now, until, HINT_LOOK_FIRST, lambda: True):
-            return
+        written = False
+
+
+def _after_hint(hinted: float) -> float:
+    """The longest pause between looks, ``hinted`` (monotonic) being when the write was seen."""
+    return WAKE_POLL_MIN if time.monotonic() - hinted < HINT_FAST else WAKE_POLL_MAX
 
 
 async def _look(
@@ -151,14 +166,13 @@ async def _look(
     seen: int,
     deadline: float,
     delay: float,
-    slower: Callable[[], bool],
+    cap: Callable[[], float],
 ) -> bool:
-    """Read ``version()`` after ``delay``, then 1.5 times less often each time ``slower()``
-    says so (up to WAKE_POLL_MAX), until it differs from ``seen`` (True) or ``deadline``."""
+    """Read ``version()`` after ``delay``, then 1.5 times later each time up to ``cap()``,
+    until it differs from ``seen`` (True) or ``deadline`` (False)."""
     while (left := deadline - time.monotonic()) > 0:
         await asyncio.sleep(min(delay, left))
         if await version() != seen:
             return True
-        if slower():
-            delay = min(WAKE_POLL_MAX, delay * 1.5)
+        delay = min(cap(), delay * 1.5)
     return False
