@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +23,28 @@ from agent.errors import KeystoreError
 from agent.jobs.model import InlineProfile
 
 PARAM = "mid.httpclient.protocol"
+SHARED_TRUSTSTORES = 64  # distinct truststore files whose parsed certificates profiles share
+
+_truststores: OrderedDict[bytes, tuple[x509.Certificate, ...]] = OrderedDict()
+
+
+def _shared_truststore(
+    data: bytes, origin: str, password: str | None
+) -> tuple[x509.Certificate, ...]:
+    """``load_truststore``, parsed once for all profiles naming the same file content (many
+    partners' profiles trust one CA bundle): the certificates, and the names cryptography
+    caches on them, are kept once rather than per profile. Keyed by a digest of the bytes
+    and the password; a failure is not kept, so each profile reports its own."""
+    digest = hashlib.sha256(data + b"\0" + (password or "").encode()).digest()
+    trust = _truststores.get(digest)
+    if trust is None:
+        trust = load_truststore(data, origin=origin, password=password)
+        _truststores[digest] = trust
+        if len(_truststores) > SHARED_TRUSTSTORES:
+            _truststores.popitem(last=False)
+    else:
+        _truststores.move_to_end(digest)
+    return trust
 
 
 @dataclass(frozen=True)
@@ -75,7 +99,7 @@ def load_file_profile(
         origin = f"profile {name} (truststore {profile.truststore})"
         data = _read(profile.truststore, origin, f"{prefix}.truststore")
         with _hint(f"{prefix}.truststore"):
-            trust = load_truststore(data, origin=origin, password=profile.truststore_password)
+            trust = _shared_truststore(data, origin, profile.truststore_password)
     else:
         notes.append(f"trusts the system CAs ({prefix}.truststore is not set)")
     return ProfileMaterial(client, trust, tuple(notes))
