@@ -301,9 +301,7 @@ def gc_round(freeze: bool, jobs: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------------- wake-up
 
 
-async def _wakes(
-    queue: SqliteQueue, other: SqliteQueue, n: int, reads: Callable[[], int]
-) -> tuple[list[float], float]:
+async def _wakes(queue: SqliteQueue, other: SqliteQueue, n: int) -> tuple[list[float], float]:
     """``n`` quiet spells, each ended by an enqueue: how long each took to be noticed, and
     the version reads per second in the idle part of the spells (after the first looks)."""
     noticed: list[float] = []
@@ -311,9 +309,9 @@ async def _wakes(
     for i in range(n):
         waiting = asyncio.create_task(queue.wait_for_work(60))
         await asyncio.sleep(SETTLE)  # nothing is committed meanwhile
-        before = reads()
+        before = queue.version_reads
         await asyncio.sleep(IDLE)
-        idle_reads += reads() - before
+        idle_reads += queue.version_reads - before
         await other.enqueue([job(i)])
         committed = time.perf_counter()
         await waiting
@@ -334,19 +332,10 @@ def wake_round(work: Path, pushed: bool, n: int) -> dict[str, float]:
         queue, other = SqliteQueue(path), SqliteQueue(path)
         await queue.open()
         await other.open()
-        reads = 0
-        read = queue._data_version
-
-        def counted() -> int:
-            nonlocal reads
-            reads += 1
-            return read()
-
-        queue._data_version = counted  # type: ignore[method-assign]
         if not pushed:
             queue._watch_opened = True  # no watch: as where inotify is missing
         try:
-            noticed, idle = await _wakes(queue, other, n, lambda: reads)
+            noticed, idle = await _wakes(queue, other, n)
         finally:
             await queue.close()
             await other.close()

@@ -99,24 +99,16 @@ async def watched(tmp_path: Path) -> AsyncIterator[tuple[SqliteQueue, SqliteQueu
 
 
 async def test_an_idle_wait_reads_nothing_until_the_kernel_reports_a_commit(
-    watched: tuple[SqliteQueue, SqliteQueue, CommitWatch], monkeypatch: pytest.MonkeyPatch
+    watched: tuple[SqliteQueue, SqliteQueue, CommitWatch],
 ) -> None:
     """Polling read data_version every 1 ms while busy and every 50 ms at most when idle, so
     the first job after a quiet spell waited up to 50 ms; now the wait is parked on inotify."""
     daemon_side, cli_side, watch = watched
-    reads = 0
-    read = daemon_side._data_version
-
-    def counted() -> int:
-        nonlocal reads
-        reads += 1
-        return read()
-
-    monkeypatch.setattr(daemon_side, "_data_version", counted)
+    before = daemon_side.version_reads
     waiting = asyncio.create_task(daemon_side.wait_for_work(60))
     await asyncio.wait_for(watch.waiting.wait(), 10)
     await asyncio.sleep(0.05)  # polling would have read the version at least ten times by now
-    assert (reads, waiting.done()) == (1, False)
+    assert (daemon_side.version_reads - before, waiting.done()) == (1, False)
     await cli_side.enqueue([make_job("pushed", host="a.example", path="/", profile=None)])
     await asyncio.wait_for(waiting, 10)
     assert watch.hints >= 1

@@ -35,7 +35,8 @@ def _shared_truststore(
     partners' profiles trust one CA bundle): the certificates, and the names cryptography
     caches on them, are kept once rather than per profile. Keyed by a digest of the bytes
     and the password; a failure is not kept, so each profile reports its own."""
-    digest = hashlib.sha256(data + b"\0" + (password or "").encode()).digest()
+    secret = hashlib.sha256((password or "").encode()).digest()
+    digest = hashlib.sha256(data).digest() + secret  # two digests: no framing to get wrong
     trust = _truststores.get(digest)
     if trust is None:
         trust = load_truststore(data, origin=origin, password=password)

@@ -88,6 +88,7 @@ class SqliteQueue(SqliteReads, Queue):
         self._claimed_version: int | None = None  # data_version seen by the last claim
         self._watch: CommitWatch | None = None  # other processes' commits, where inotify is
         self._watch_opened = False  # at the first wait: one-shot users (the CLI) need none
+        self.version_reads = 0  # looks for other processes' commits (the bench and tests count)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
 
     def __repr__(self) -> str:
@@ -235,6 +236,7 @@ class SqliteQueue(SqliteReads, Queue):
         )
 
     def _data_version(self) -> int:
+        self.version_reads += 1
         row = self.db.execute("PRAGMA data_version").fetchone()
         return int(row[0])
 
