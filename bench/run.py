@@ -45,6 +45,7 @@ from . import agentrun, clients
 from .peer import BenchNginx, BenchPKI, nginx_version
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+SCENARIOS = frozenset({"warm", "paced", "cold", "scale"})
 MIB = 1024 * 1024
 
 
@@ -63,6 +64,7 @@ class Settings:
     concurrency: int = 25
     poll: float = 0.01  # mid.poll.time for the paced run (a wait's bound: commits wake it first)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    only: frozenset[str] = SCENARIOS  # the scenarios to run (``--only``)
 
     @property
     def threads_per_worker(self) -> int:
@@ -197,10 +199,24 @@ class Bench:
     # -- one round of every scenario -----------------------------------------------------------
 
     async def round(self, i: int) -> None:
+        only = self.s.only
+        if only & {"warm", "paced"}:
+            await self.warm_round(i, baselines="warm" in only)
+        if "paced" in only:
+            await self.latency_round(i)
+        if "cold" in only:
+            await self.cold_round(i)
+        if "scale" in only:
+            await self.scale_round(i)
+
+    async def warm_round(self, i: int, *, baselines: bool) -> None:
+        """The warm figures (one process alone when only its peak is needed, for ``paced``)."""
         s, f, warm_url = self.s, self.fig, self.nginx.url(self.nginx.warm_port)
         self.say(f"round {i + 1}/{s.runs}: warm")
-        rate, run = await self.agent_burst(f"warm-sqlite-{i}", port=self.nginx.warm_port, n=s.warm)
+        rate, _ = await self.agent_burst(f"warm-sqlite-{i}", port=self.nginx.warm_port, n=s.warm)
         f.add("warm.agent.sqlite", rate)
+        if not baselines:
+            return
         if s.workers > 1:
             self.say(f"round {i + 1}/{s.runs}: warm, agent.workers={s.workers}")
             rate, _ = await self.agent_burst(
@@ -224,9 +240,6 @@ class Bench:
                 clients.requests_pool, warm_url, self.pki, s.requests_jobs, s.concurrency
             ),
         )
-        await self.latency_round(i)
-        await self.cold_round(i)
-        await self.scale_round(i)
 
     async def latency_round(self, i: int) -> None:
         peak = self.fig.get("warm.agent.sqlite")
@@ -605,6 +618,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers", type=int, help="agent.workers for the multi-process warm run (default: CPUs)"
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument(
+        "--only",
+        metavar="LIST",
+        help="comma-separated scenarios to run: warm, paced, cold, scale (default: all)",
+    )
     p.add_argument("--profile", metavar="DIR", help="profile the daemon (warm) instead")
     p.add_argument(
         "--plots",
@@ -623,6 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(**{**s.__dict__, "concurrency": args.concurrency})
     if args.workers:
         s = Settings(**{**s.__dict__, "workers": args.workers})
+    if args.only:
+        only = frozenset(args.only.split(","))
+        if not only <= SCENARIOS:
+            print(f"--only: unknown scenario(s) {', '.join(sorted(only - SCENARIOS))}")
+            return 2
+        s = Settings(**{**s.__dict__, "only": only})
     if args.plots and not args.quick:
         s = Settings(
             **{**s.__dict__, "scale_profiles": (1, 10, 100, 1000, 10_000), "scale_wide": True}

@@ -275,6 +275,21 @@ def test_key_material_repr_hides_the_key(stores: Stores) -> None:
     assert "key=" not in repr(m) and "PRIVATE" not in repr(m)
 
 
+def test_key_material_holds_text_not_parsed_objects(stores: Stores) -> None:
+    """An identity keeps its material while in use: as PEM text (under 3 KiB), not as parsed
+    certificates and key (about 8 KiB), which count at thousands of identities. Each read
+    parses again and gives the same certificates and key."""
+    m = load_keystore(stores.jks.read_bytes(), origin="jks", password=STOREPASS,
+                      key_password=KEYPASS)  # fmt: skip
+    held = [getattr(m, name) for name in KeyMaterial.__slots__]
+    assert all(isinstance(value, bytes | str | tuple | bool) for value in held), held
+    assert not [v for v in m.notes if not isinstance(v, str)]
+    assert len(m.chain_pem) + len(m.key_pem) < 4096
+    assert subjects(m) == ["CN=keytool-jks", *subjects(m)[1:]] and len(m.chain) == 3
+    assert m.leaf == m.chain[0]
+    assert public_der(m.key.public_key()) == public_der(m.leaf.public_key())
+
+
 # -- truststores -------------------------------------------------------------------------------
 
 

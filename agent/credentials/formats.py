@@ -15,6 +15,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from cryptography.x509.oid import NameOID
 
 from agent.credentials import readers
@@ -41,19 +47,47 @@ _SIGNING_KEYS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyMaterial:
-    """A client certificate chain (leaf first, then up towards the root) and its private key."""
+    """A client certificate chain (leaf first, then up towards the root) and its private key.
 
-    chain: tuple[x509.Certificate, ...]
-    key: PrivateKeyTypes = field(repr=False)
+    Held as PEM text, not as parsed objects: an identity keeps its material while it is in use
+    (for a context built later, the status page, a renewal check), and parsed certificates and
+    key cost about 8 KiB an identity against under 3 as text, which counts at thousands of
+    identities. Each read of ``chain``, ``leaf`` or ``key`` parses again; nothing on a job's
+    path reads them. Build one with ``KeyMaterial.of``.
+    """
+
+    chain_pem: bytes
+    key_pem: bytes = field(repr=False)  # PKCS#8, unencrypted: only ever in memory
     origin: str
     notes: tuple[str, ...] = ()
     reordered: bool = False  # the chain was given out of order (see ``notes``)
 
+    @classmethod
+    def of(
+        cls,
+        chain: Sequence[x509.Certificate],
+        key: PrivateKeyTypes,
+        origin: str,
+        notes: tuple[str, ...] = (),
+        reordered: bool = False,
+    ) -> KeyMaterial:
+        chain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in chain)
+        key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        return cls(chain_pem, key_pem, origin, notes, reordered)
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        return tuple(x509.load_pem_x509_certificates(self.chain_pem))
+
     @property
     def leaf(self) -> x509.Certificate:
-        return self.chain[0]
+        return x509.load_pem_x509_certificate(self.chain_pem)  # the first of the chain
+
+    @property
+    def key(self) -> PrivateKeyTypes:
+        return load_pem_private_key(self.key_pem, password=None)
 
     @property
     def subject(self) -> str:
@@ -221,4 +255,4 @@ def _material(entry: Entry, origin: str, *, shared_pool: bool, notes: list[str])
     reordered = given != list(chain)
     if reordered:
         notes.append(REORDERED_NOTE)
-    return KeyMaterial(chain, key, origin, tuple(notes), reordered)
+    return KeyMaterial.of(chain, key, origin, tuple(notes), reordered)

@@ -20,7 +20,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
     Encoding,
-    NoEncryption,
     PrivateFormat,
 )
 
@@ -44,10 +43,6 @@ def load_client_material(ctx: ssl.SSLContext, material: KeyMaterial) -> None:
         ) from exc
 
 
-def _chain_pem(material: KeyMaterial) -> bytes:
-    return trust_pem(material.chain).encode("ascii")
-
-
 def _load_via_memfd(ctx: ssl.SSLContext, material: KeyMaterial) -> bool:
     """Load through an anonymous in-memory file; False when the system has none."""
     if not hasattr(os, "memfd_create") or not Path("/proc/self/fd").is_dir():
@@ -57,8 +52,7 @@ def _load_via_memfd(ctx: ssl.SSLContext, material: KeyMaterial) -> bool:
     except OSError:
         return False
     try:
-        key = material.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        view = memoryview(_chain_pem(material) + key)
+        view = memoryview(material.chain_pem + material.key_pem)
         while view:
             view = view[os.write(fd, view) :]
         ctx.load_cert_chain(f"/proc/self/fd/{fd}")
@@ -76,7 +70,7 @@ def _load_via_encrypted_file(ctx: ssl.SSLContext, material: KeyMaterial) -> None
     fd, name = tempfile.mkstemp(prefix="agent-key-", suffix=".pem")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(_chain_pem(material) + key)
+            handle.write(material.chain_pem + key)
         ctx.load_cert_chain(name, password=password)
     finally:
         with contextlib.suppress(FileNotFoundError):

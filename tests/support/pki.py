@@ -42,5 +42,7 @@ def make_pki() -> PKI:
 
 def server_context(pki: PKI) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    load_client_material(ctx, KeyMaterial((pki.alpha.cert, *pki.alpha.chain), pki.alpha.key, "s"))
+    load_client_material(
+        ctx, KeyMaterial.of((pki.alpha.cert, *pki.alpha.chain), pki.alpha.key, "s")
+    )
     return ctx

@@ -84,7 +84,7 @@ class DemoServer:
         for name, issued in self.certs.items():
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             chain = (issued.cert, *issued.chain)
-            load_client_material(ctx, KeyMaterial(chain, issued.key, f"server {name}"))
+            load_client_material(ctx, KeyMaterial.of(chain, issued.key, f"server {name}"))
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(cadata=self.ca.cert_pem().decode())
             contexts[name] = ctx
