@@ -204,6 +204,28 @@ print(raise_open_files(2000))
     assert out[3] == "(512, 512)"
 
 
+@pytest.mark.parametrize("listen", [False, True])
+def test_the_web_server_is_loaded_only_where_health_is_served(
+    tmp_path: Path, listen: bool
+) -> None:
+    """aiohttp's web server (about 2 MiB) is imported by a daemon with agent.health.listen
+    only: a burst run over an empty queue, in a child, reports what it loaded."""
+    params = {"url": f"sqlite:///{tmp_path / 'queue.db'}"}
+    if listen:
+        params["agent.health.listen"] = "127.0.0.1:0"
+    config = write_config(tmp_path, params)
+    script = f"""
+import sys
+from agent.commands.cli import main
+code = main(["-c", {str(config)!r}, "run", "--burst"])
+print(code, "aiohttp.web" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out[-2:] == ["0", str(listen)]
+
+
 async def test_a_context_is_built_off_the_loop_once_however_many_jobs_wait_for_it(
     tmp_path: Path,
     server_pki: ServerPKI,

@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config.config import AgentConfig
 from agent.config.secure import load_secure_config
@@ -20,13 +20,16 @@ from agent.jobs.results import Result
 from agent.queues import open_queue
 from agent.queues.base import Claim, Queue, redact_url
 from agent.queues.journal import Journal
-from agent.service.health import HealthServer, Readiness, serves_health
 from agent.service.metrics import Metrics, default_metrics
 from agent.service.notify import Notifier
+from agent.service.readiness import Readiness, serves_health
 from agent.service.status import StatusBoard, agent_version, status_of_queue
 from agent.tls.identities import Staged, stage
 from agent.tls.reports import collect_reports
 from agent.worker.worker import Worker
+
+if TYPE_CHECKING:
+    from agent.service.health import HealthServer
 
 log = logging.getLogger("agent")
 
@@ -153,6 +156,8 @@ class Daemon:
     async def _start_operations(self) -> None:
         listen = self.config.health_listen
         if listen is not None and serves_health(os.environ.get("AGENT_WORKER_INDEX")):
+            from agent.service.health import HealthServer  # aiohttp's web server: only here
+
             self.health = HealthServer(
                 listen, self.readiness, self.metrics, self._refresh, status=self.status
             )
