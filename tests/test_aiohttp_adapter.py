@@ -95,6 +95,21 @@ async def test_a_read_answer_still_names_its_protocol_through_the_response(web_p
         assert connector.idle_count() == 1
 
 
+async def test_an_idle_connection_lets_go_of_its_last_answers_reader(web_port: int) -> None:
+    """aiohttp keeps the last answer's reader on the protocol (1.7 KiB) after it is read; a
+    pooled connection drops it, and the next request on it works as before."""
+    url = f"http://127.0.0.1:{web_port}/"
+    async with session() as client:
+        for _ in range(2):
+            async with client.get(url) as resp:
+                assert await resp.text() == "hello"
+                proto = protocol_of(resp)
+            assert isinstance(proto, WatchedHandler) and proto.pooled
+            assert proto._payload is None and not proto.should_close
+        connector = client.connector
+        assert isinstance(connector, WatchedConnector) and connector.idle_count() == 1
+
+
 async def test_an_answer_cut_after_its_first_byte_marks_the_task(cut_port: int) -> None:
     async with session() as client:
         with pytest.raises(AnswerCutOff):

@@ -95,6 +95,8 @@ class WatchedConnector(aiohttp.TCPConnector):
             return  # closed, not kept
         if isinstance(protocol, WatchedHandler):
             protocol.pooled = True
+        if protocol._payload is not None and protocol._payload.is_eof():
+            protocol._payload = None  # the last answer's reader, read to its end: 1.7 KiB idle
         self._idle += 1
         if self._idle > self.max_idle:
             self._idle = self.idle_count()  # the true count, now and then
