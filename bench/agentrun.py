@@ -8,7 +8,10 @@ enqueue`` would put them, and the daemon runs as a separate process exactly as d
 - jobs/s: jobs / (first claim → last result stored); the last result time is the newest
   ``updated`` in the SQLite file, or the daemon's exit for other backends;
 - latency: ``updated - created`` of each job (enqueue time → result stored), from the SQLite file;
-- memory: the daemon's peak resident set (``VmHWM`` in /proc/<pid>/status, sampled while it runs).
+- memory: the daemon's peak resident set (``VmHWM`` in /proc/<pid>/status, sampled while it runs);
+- CPU: the daemon's threads' CPU time from its first claim to its last sample
+  (``/proc/<pid>/task``), the main thread (the event loop) apart from the others (the queue's,
+  the log writer's, ...).
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ class DaemonRun:
     returncode: int
     peak_rss: int  # bytes
     stderr: Path
+    cpu_main: float | None = None  # seconds of CPU the event loop's thread took after the claim
+    cpu_other: float | None = None  # the other threads' (queue, log writer, executor)
 
     @property
     def startup(self) -> float | None:
@@ -117,6 +122,30 @@ def daemon_cmd(config: Path, *, burst: bool, wrapper: list[str] | None = None) -
     if wrapper is not None:
         return [*wrapper, *args]
     return [sys.executable, "-m", "agent", *args]
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of ``pid``'s main thread, and of its other threads together."""
+    main = other = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return main, other
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICK
+        if tid == str(pid):
+            main += seconds
+        else:
+            other += seconds
+    return main, other
 
 
 def _peak_rss(pid: int) -> int:
@@ -140,6 +169,8 @@ class Daemon:
         self.spawned = 0.0
         self.first_claim: float | None = None
         self.peak_rss = 0
+        self._cpu_at_claim: tuple[float, float] | None = None
+        self._cpu_last: tuple[float, float] | None = None
         self._watchers: list[asyncio.Task[None]] = []
 
     async def start(self, queue: Queue | None = None, first_id: str | None = None) -> None:
@@ -158,6 +189,8 @@ class Daemon:
         assert self.proc is not None
         while self.proc.returncode is None:
             self.peak_rss = max(self.peak_rss, _peak_rss(self.proc.pid))
+            if self._cpu_at_claim is not None:
+                self._cpu_last = thread_cpu(self.proc.pid)
             await asyncio.sleep(0.05)
 
     async def _watch_claim(self, queue: Queue, job_id: str) -> None:
@@ -165,6 +198,8 @@ class Daemon:
             status = await queue.status(job_id)
             if status is not None and status.state != "ready":
                 self.first_claim = time.time()
+                assert self.proc is not None
+                self._cpu_at_claim = thread_cpu(self.proc.pid)
                 return
             await asyncio.sleep(0.002)
 
@@ -183,8 +218,19 @@ class Daemon:
         if code != 0:
             tail = self.stderr.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"the daemon exited with {code}:\n{tail}")
+        cpu_main = cpu_other = None
+        if self._cpu_at_claim is not None and self._cpu_last is not None:
+            cpu_main = self._cpu_last[0] - self._cpu_at_claim[0]
+            cpu_other = self._cpu_last[1] - self._cpu_at_claim[1]
         return DaemonRun(
-            self.spawned, self.first_claim, time.time(), code, self.peak_rss, self.stderr
+            self.spawned,
+            self.first_claim,
+            time.time(),
+            code,
+            self.peak_rss,
+            self.stderr,
+            cpu_main,
+            cpu_other,
         )
 
     async def stop(self, timeout: float = 60) -> DaemonRun:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import ssl
 import statistics
@@ -213,8 +214,11 @@ class Bench:
         """The warm figures (one process alone when only its peak is needed, for ``paced``)."""
         s, f, warm_url = self.s, self.fig, self.nginx.url(self.nginx.warm_port)
         self.say(f"round {i + 1}/{s.runs}: warm")
-        rate, _ = await self.agent_burst(f"warm-sqlite-{i}", port=self.nginx.warm_port, n=s.warm)
+        rate, run = await self.agent_burst(f"warm-sqlite-{i}", port=self.nginx.warm_port, n=s.warm)
         f.add("warm.agent.sqlite", rate)
+        if run.cpu_main is not None and run.cpu_other is not None:
+            f.add("warm.agent.cpu_main", run.cpu_main / s.warm * 1e6)
+            f.add("warm.agent.cpu_other", run.cpu_other / s.warm * 1e6)
         if not baselines:
             return
         if s.workers > 1:
@@ -233,7 +237,9 @@ class Bench:
                 f.add("warm.agent.postgres", rate)
             finally:
                 await _pg_drop(db)
+        before = _cpu()
         f.add("warm.aiohttp", await clients.aiohttp_loop(warm_url, self.ctx, s.warm, s.concurrency))
+        f.add("warm.aiohttp.cpu", (_cpu() - before) / s.warm * 1e6)
         f.add(
             "warm.requests",
             await asyncio.to_thread(
@@ -339,6 +345,12 @@ class ScaleRun:
     daemon: agentrun.DaemonRun
 
 
+def _cpu() -> float:
+    """This process's CPU seconds so far (the bare loop runs in it, alone)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -426,6 +438,13 @@ def table(s: Settings, f: Figures) -> list[str]:
         ("warm", f"bare aiohttp loop, {c} at once", "jobs/s", val("warm.aiohttp")),
         (
             "warm",
+            "agent, one process: CPU per job, event loop / other threads",
+            "µs",
+            f"{val('warm.agent.cpu_main', '{:.0f}')} / {val('warm.agent.cpu_other', '{:.0f}')}",
+        ),
+        ("warm", "bare aiohttp loop: CPU per request", "µs", val("warm.aiohttp.cpu", "{:.0f}")),
+        (
+            "warm",
             f"requests pool, {c} threads ({s.requests_jobs:,} jobs)",
             "jobs/s",
             val("warm.requests"),
@@ -490,6 +509,8 @@ def table(s: Settings, f: Figures) -> list[str]:
                 val(f"startup.{k}", "{:.0f}", 0.001),
             )
         )
+    if s.only != SCENARIOS:  # leave out what was not run
+        rows = [r for r in rows if any(part.strip() != "n/a" for part in r[3].split(" / "))]
     width = max(len(r[1]) for r in rows)
     out = [f"{'scenario':<8} {'what':<{width}} {'value':>14} unit", "-" * (width + 32)]
     out += [f"{a:<8} {b:<{width}} {d:>14} {u}" for a, b, u, d in rows]
@@ -523,31 +544,29 @@ def targets(s: Settings, f: Figures) -> list[str]:
     def at_least(label: str, over: str, under: str, floor: float) -> None:
         check(f"{label} >= {floor:g}", ratio(over, under), lambda v: v >= floor, "{:.2f}")
 
-    best = "warm.agent.workers" if f.get("warm.agent.workers") is not None else "warm.agent.sqlite"
-    shape = f"{s.workers} processes" if best == "warm.agent.workers" else "one process"
-    at_least(f"warm agent(SQLite, {shape}) / bare aiohttp", best, "warm.aiohttp", 0.8)
-    at_least(f"warm agent(SQLite, {shape}) / requests pool", best, "warm.requests", 5)
-    info: list[tuple[str, str, str, float]] = []
-    if best != "warm.agent.sqlite":
-        one = "warm agent(SQLite, one process) / bare aiohttp"
-        info.append((one, "warm.agent.sqlite", "warm.aiohttp", 0.8))
+    # The targets of the issue that set them (identities at scale, the one-process ceiling):
+    # one process and PostgreSQL at 0.8 of the bare loop, agent.workers=CPUs beating it.
+    at_least(
+        "warm agent(SQLite, one process) / bare aiohttp", "warm.agent.sqlite", "warm.aiohttp", 0.8
+    )
+    if f.get("warm.agent.workers") is not None:
+        workers = f"warm agent(SQLite, {s.workers} processes) / bare aiohttp"
+        at_least(workers, "warm.agent.workers", "warm.aiohttp", 1.0)
     if f.get("warm.agent.postgres") is not None:
-        info.append(
-            ("warm agent(PostgreSQL) / bare aiohttp", "warm.agent.postgres", "warm.aiohttp", 0.8)
+        at_least(
+            "warm agent(PostgreSQL) / bare aiohttp", "warm.agent.postgres", "warm.aiohttp", 0.8
         )
-    cold = "cold.agent.workers" if f.get("cold.agent.workers") is not None else "cold.agent"
-    at_least(f"cold agent({shape}) / bare aiohttp fresh connections", cold, "cold.aiohttp", 0.9)
-    if cold != "cold.agent":
-        info.append(
-            (
-                "cold agent(one process) / bare aiohttp fresh connections",
-                "cold.agent",
-                "cold.aiohttp",
-                0.9,
-            )
-        )
-    for label, over, under, floor in info:
-        at_least(f"{label} (info)", over, under, floor)
+    best = "warm.agent.workers" if f.get("warm.agent.workers") is not None else "warm.agent.sqlite"
+    at_least("warm agent(SQLite, best shape) / requests pool", best, "warm.requests", 5)
+    at_least(
+        "cold agent(one process) / bare aiohttp fresh connections",
+        "cold.agent",
+        "cold.aiohttp",
+        0.9,
+    )
+    if f.get("cold.agent.workers") is not None:
+        label = f"cold agent({s.workers} processes) / bare aiohttp fresh connections"
+        at_least(label, "cold.agent.workers", "cold.aiohttp", 0.9)
     added = paired("paced.agent.p99", "paced.aiohttp.p99", lambda x, y: x - y)
     check("p99 added over the bare loop at half peak < 5 ms", added, lambda v: v < 5, "{:.1f} ms")
     ks = s.scale_profiles
@@ -578,6 +597,8 @@ def targets(s: Settings, f: Figures) -> list[str]:
             lambda v: v <= max(low / 1024, 0.0) * 1.05,
             "{:.1f}",
         )
+    if s.only != SCENARIOS:  # leave out the targets of what was not run
+        lines = [line for line in lines if not line.startswith("n/a")]
     return lines
 
 
