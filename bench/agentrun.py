@@ -127,25 +127,21 @@ def daemon_cmd(config: Path, *, burst: bool, wrapper: list[str] | None = None) -
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of ``pid``'s main thread, and of its other threads together."""
-    main = other = 0.0
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each of ``pid``'s threads, by thread id."""
+    out: dict[str, float] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return main, other
+        return out
     for tid in tids:
         try:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue  # the thread ended
         fields = stat.rsplit(")", 1)[1].split()
-        seconds = (int(fields[11]) + int(fields[12])) / _TICK
-        if tid == str(pid):
-            main += seconds
-        else:
-            other += seconds
-    return main, other
+        out[tid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
 
 
 def _peak_rss(pid: int) -> int:
@@ -169,8 +165,8 @@ class Daemon:
         self.spawned = 0.0
         self.first_claim: float | None = None
         self.peak_rss = 0
-        self._cpu_at_claim: tuple[float, float] | None = None
-        self._cpu_last: tuple[float, float] | None = None
+        self._cpu_at_claim: dict[str, float] | None = None
+        self._cpu_seen: dict[str, float] = {}  # by thread, the last seen (ended threads stay)
         self._watchers: list[asyncio.Task[None]] = []
 
     async def start(self, queue: Queue | None = None, first_id: str | None = None) -> None:
@@ -189,8 +185,7 @@ class Daemon:
         assert self.proc is not None
         while self.proc.returncode is None:
             self.peak_rss = max(self.peak_rss, _peak_rss(self.proc.pid))
-            if self._cpu_at_claim is not None:
-                self._cpu_last = thread_cpu(self.proc.pid)
+            self._cpu_seen.update(thread_cpu(self.proc.pid))
             await asyncio.sleep(0.05)
 
     async def _watch_claim(self, queue: Queue, job_id: str) -> None:
@@ -199,7 +194,7 @@ class Daemon:
             if status is not None and status.state != "ready":
                 self.first_claim = time.time()
                 assert self.proc is not None
-                self._cpu_at_claim = thread_cpu(self.proc.pid)
+                self._cpu_at_claim = {**self._cpu_seen, **thread_cpu(self.proc.pid)}
                 return
             await asyncio.sleep(0.002)
 
@@ -219,9 +214,11 @@ class Daemon:
             tail = self.stderr.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"the daemon exited with {code}:\n{tail}")
         cpu_main = cpu_other = None
-        if self._cpu_at_claim is not None and self._cpu_last is not None:
-            cpu_main = self._cpu_last[0] - self._cpu_at_claim[0]
-            cpu_other = self._cpu_last[1] - self._cpu_at_claim[1]
+        if self._cpu_at_claim is not None:
+            at_claim, main = self._cpu_at_claim, str(self.proc.pid)
+            spent = {t: s - at_claim.get(t, 0.0) for t, s in self._cpu_seen.items()}
+            cpu_main = spent.pop(main, 0.0)
+            cpu_other = sum(spent.values())
         return DaemonRun(
             self.spawned,
             self.first_claim,
