@@ -205,9 +205,7 @@ print(raise_open_files(2000))
 
 
 @pytest.mark.parametrize("listen", [False, True])
-def test_the_web_server_is_loaded_only_where_health_is_served(
-    tmp_path: Path, listen: bool
-) -> None:
+def test_the_web_server_is_loaded_only_where_health_is_served(tmp_path: Path, listen: bool) -> None:
     """aiohttp's web server (about 2 MiB) is imported by a daemon with agent.health.listen
     only: a burst run over an empty queue, in a child, reports what it loaded."""
     params = {"url": f"sqlite:///{tmp_path / 'queue.db'}"}
