@@ -16,10 +16,12 @@ from agent.engine.engine import Engine
 from agent.errors import ConfigError
 from agent.http.aiohttp_adapter import WatchedConnector
 from agent.http.transport import Network, Transport
-from tests.support.configs import profile_config
+from tests.support.configs import profile_config, tls_config
 from tests.support.engines import running_engine
 from tests.support.jobs import make_job
 from tests.support.pki import PKI
+from tests.support.results import echo
+from tests.support.servers import NginxPorts, ServerPKI
 
 
 @pytest.fixture
@@ -69,6 +71,25 @@ async def test_identities_share_the_pool_but_never_a_connection(
         assert connections == [True, True, False, False, False, False]  # one handshake each
     finally:
         await engine.close()
+
+
+async def test_a_cookie_one_job_was_given_is_never_sent_with_another(
+    tmp_path: Path, server_pki: ServerPKI, nginx_ports: NginxPorts
+) -> None:
+    """Jobs come from many teams: a partner's Set-Cookie answering one job is not kept for the
+    next, whether it uses the same profile, another one or none, on the same connection or not."""
+    config = tls_config(tmp_path, server_pki)
+    base = f"https://alpha.test:{nginx_ports.plain}"
+    async with running_engine(config) as engine:
+        first = await engine.run(make_job("sets", endpoint=f"{base}/set-cookie", profile="one"))
+        assert first.status == 200 and "session=first-job" in first.headers["Set-Cookie"]
+        for job_id, profile in (("same-profile", "one"), ("other-profile", "two")):
+            seen = echo(
+                await engine.run(make_job(job_id, endpoint=f"{base}/echo", profile=profile))
+            )
+            assert seen["cookie"] == "", (job_id, seen)
+        own = make_job("own", endpoint=f"{base}/echo", profile="one", headers={"Cookie": "mine=1"})
+        assert echo(await engine.run(own))["cookie"] == "mine=1"  # a job's own header goes
 
 
 async def test_idle_connections_over_the_bound_close_least_recently_used_first(

@@ -214,6 +214,9 @@ class Transport:
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "mtls-forwarding-agent"},
             response_class=WatchedResponse,
+            # One session serves every job: a cookie a partner set answering one job must not
+            # go out with the next (another team's, perhaps). A job's own Cookie header goes.
+            cookie_jar=aiohttp.DummyCookieJar(),
             max_line_size=MAX_STATUS_LINE,
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,

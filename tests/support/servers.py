@@ -30,6 +30,8 @@ Locations of every nginx server that does not reject handshakes:
     That status with body ``{"status": <code>}`` for the codes in :data:`STATUSES`.
 ``/redirect``
     302 to ``/echo/redirected``.
+``/set-cookie``
+    200 with ``Set-Cookie: session=first-job; Path=/``.
 ``/sleep/<seconds>``
     Answers ``{"slept": "<seconds>"}`` after that long (for timeouts and cancellation).
 ``/binary``, ``/large``, ``/files/<name>``
@@ -92,6 +94,7 @@ ECHO_FIELDS: dict[str, str] = {
     "soapaction": "$http_soapaction",
     "authorization": "$http_authorization",
     "user_agent": "$http_user_agent",
+    "cookie": "$http_cookie",
     "content_length": "$content_length",
     "body": "$request_body",
 }
@@ -402,6 +405,10 @@ def _locations(server: NginxServer, files: Path) -> str:
     }}
 {statuses}
     location = /redirect {{ return 302 /echo/redirected; }}
+    location = /set-cookie {{
+      add_header Set-Cookie "session=first-job; Path=/" always;
+      return 200 '{{"set": "session"}}';
+    }}
     location ~ ^/sleep/(?<sleep_seconds>[0-9]+(\\.[0-9]+)?)$ {{
       echo_sleep $sleep_seconds;
       echo '{{"slept": "$sleep_seconds"}}';
