@@ -16,6 +16,7 @@ from agent.engine.engine import Engine
 from agent.errors import ConfigError
 from agent.http.aiohttp_adapter import WatchedConnector
 from agent.http.transport import Network, Transport
+from agent.tls.context import ClientSSLObject
 from tests.support.configs import profile_config, tls_config
 from tests.support.engines import running_engine
 from tests.support.jobs import make_job
@@ -90,6 +91,32 @@ async def test_a_cookie_one_job_was_given_is_never_sent_with_another(
             assert seen["cookie"] == "", (job_id, seen)
         own = make_job("own", endpoint=f"{base}/echo", profile="one", headers={"Cookie": "mine=1"})
         assert echo(await engine.run(own))["cookie"] == "mine=1"  # a job's own header goes
+
+
+async def test_connections_to_one_server_share_its_decoded_certificate(
+    tmp_path: Path, server_pki: ServerPKI, nginx_ports: NginxPorts
+) -> None:
+    """The event loop keeps ``getpeercert()`` with every connection: connections of two
+    identities to one server hold one dict (the agent reads the DER form, unchanged)."""
+    config = tls_config(tmp_path, server_pki)
+    url = f"https://alpha.test:{nginx_ports.plain}/echo"
+    async with running_engine(config) as engine:
+        for profile in ("one", "two"):
+            assert (
+                await engine.run(make_job(profile, endpoint=url, profile=profile))
+            ).status == 200
+        entry = engine.transport.acquire(engine.state.call.network)
+        engine.transport.release(entry)  # only looked at
+        connector = entry.session.connector
+        assert isinstance(connector, WatchedConnector)
+        transports = [p.transport for conns in connector._conns.values() for p, _ in conns]
+        assert len(transports) == 2 and all(t is not None for t in transports)
+        decoded = [t.get_extra_info("peercert") for t in transports if t is not None]
+        assert decoded[0] is decoded[1]
+        assert ("commonName", "alpha.test") in [n for rdn in decoded[0]["subject"] for n in rdn]
+        objects = [t.get_extra_info("ssl_object") for t in transports if t is not None]
+        assert all(isinstance(o, ClientSSLObject) for o in objects)
+        assert objects[0].getpeercert(binary_form=True) == objects[1].getpeercert(True)
 
 
 async def test_idle_connections_over_the_bound_close_least_recently_used_first(

@@ -28,9 +28,7 @@ from agent.http.classify import (
     NOT_RETRIED,
     Attempt,
     classify,
-    client_cert_hint,
     request_error,
-    trust_source,
 )
 from agent.http.policy import CallState, Route
 from agent.http.soap import UsernameToken, build_request, parse_response
@@ -87,7 +85,7 @@ async def _route(job: Job, identity: Identity, state: CallState) -> Route:
     url, host, port = _target(job.endpoint, identity.port)
     choice = choose_sni(host, job=job.sni, profile=identity.sni, global_enabled=state.sni_enabled)
     profile, inline = identity.profile, identity.key.startswith("inline:")
-    trust = trust_source(profile, inline, trusted=identity.material.trust is not None)
+    trusted = identity.material.trust is not None
     # an identity's first job without SNI builds that context, off the loop and only once
     ctx = await identity.built_context(choice.send is not None or is_ip_literal(host))
     route = Route(
@@ -102,8 +100,7 @@ async def _route(job: Job, identity: Identity, state: CallState) -> Route:
             client_certificate_sha256=identity.client_fingerprint,
             pins_checked=bool(identity.pins),
         ),
-        attempt=Attempt(host, port, choice.send, profile, identity.client_subject, trust),
-        cert_hint=client_cert_hint(profile, inline, identity.client_subject),
+        attempt=Attempt(host, port, choice.send, profile, identity.client_subject, inline, trusted),
     )
     state.remember(key, route)
     return route
@@ -315,7 +312,7 @@ def _cert_page_hint(status: int, data: bytes, r: Route) -> str | None:
     required SSL certificate was sent", "400 The SSL certificate error")."""
     page = data[:4096].lower()
     if any(marker in page for marker in CERT_PAGE_MARKERS):
-        return f"the server answered {status} about the client certificate: {r.cert_hint}"
+        return f"the server answered {status} about the client certificate: {r.attempt.cert_hint}"
     return None
 
 

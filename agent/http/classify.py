@@ -42,16 +42,30 @@ NAME_MISMATCHES = {HOSTNAME_MISMATCH, 63, 64}
 NOT_RETRIED = "not retried: the request reached the server and may have had effects"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
-    """What the failed attempt was: for the message's advice."""
+    """What the failed attempt was: for the message's advice (worked out when a message needs
+    it: a route keeps its attempt for as long as its identity is in use)."""
 
     host: str
     port: int
     sni: str | None
     profile: str | None
     client_subject: str | None
-    trust: str = "the profile's truststore (mid.httpclient.protocol.<profile>.truststore)"
+    inline: bool = False  # the identity is a job's inline record
+    trusted: bool | None = None  # a trust store was given (None: not known here)
+
+    @property
+    def trust(self) -> str:
+        """Where the trusted CAs came from, named as the user sets it."""
+        if self.trusted is None:
+            return "the profile's truststore (mid.httpclient.protocol.<profile>.truststore)"
+        return trust_source(self.profile, self.inline, trusted=self.trusted)
+
+    @property
+    def cert_hint(self) -> str:
+        """What to check when the server's answer is about the client certificate."""
+        return client_cert_hint(self.profile, self.inline, self.client_subject)
 
 
 def _sni_advice(a: Attempt) -> str:

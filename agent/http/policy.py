@@ -36,8 +36,7 @@ class Route:
     server_hostname: str | None  # an SNI override to send instead of the URL's host
     ssl: ssl.SSLContext
     tls: TLSInfo  # the result's tls block before the handshake adds version, cipher, peer
-    attempt: Attempt
-    cert_hint: str  # a result's hint when the answer is about the client certificate
+    attempt: Attempt  # also the advice for a failure, and for an answer about the client cert
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,20 +8,20 @@ from typing import Any, Literal
 from agent.errors import ErrorKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ErrorInfo:
     kind: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SoapFault:
     code: str
     message: str
     detail: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TLSInfo:
     sni: str | None = None
     version: str | None = None

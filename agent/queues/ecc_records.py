@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -91,7 +92,7 @@ def result_payload(result: Result) -> str:
             f"<soap_fault><code>{escape(f.code)}</code><message>{escape(f.message)}</message>"
             f"<detail>{escape(f.detail or '')}</detail></soap_fault>"
         )
-    parts.append(f"<tls>{escape(json.dumps(result.tls.__dict__))}</tls>")
+    parts.append(f"<tls>{escape(json.dumps(dataclasses.asdict(result.tls)))}</tls>")
     parts.append(f"<agent_result>{escape(json.dumps(result.to_dict()))}</agent_result>")
     return f"<results><result>{''.join(parts)}</result></results>"
 

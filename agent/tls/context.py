@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 import ssl
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from cryptography import x509
 
@@ -97,7 +98,50 @@ def name_matches(cert: x509.Certificate, name: str) -> bool:
     return any(_dns_match(p, name) for p in certificate_names(cert) if not is_ip_literal(p))
 
 
-class _NameCheckingSSLObject(ssl.SSLObject):
+PEER_CERTS_KEPT = 256  # distinct server certificates whose decoded form is shared
+_peer_certs: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+
+
+class ClientSSLObject(ssl.SSLObject):
+    """The agent's client side of a TLS connection.
+
+    ``getpeercert()`` (the decoded form) gives one dict per distinct server certificate: the
+    event loop asks for it after every handshake and keeps it with the connection, about
+    2.7 KiB each, which counts with a thousand connections kept to one partner's server. The
+    agent itself reads the DER form. Only a verified certificate's dict is shared: an
+    unverified one decodes to ``{}``, as always.
+    """
+
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> dict[str, Any] | None: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+    @overload
+    def getpeercert(self, binary_form: bool) -> dict[str, Any] | bytes | None: ...
+
+    def getpeercert(self, binary_form: bool = False) -> dict[str, Any] | bytes | None:
+        der = super().getpeercert(binary_form=True)
+        if binary_form or der is None:
+            return der
+        shared = _peer_certs.get(der)
+        if shared is not None:
+            _peer_certs.move_to_end(der)
+            return shared
+        decoded = super().getpeercert()
+        if decoded:
+            _peer_certs[der] = decoded
+            if len(_peer_certs) > PEER_CERTS_KEPT:
+                _peer_certs.popitem(last=False)
+        return decoded
+
+
+class ClientContext(ssl.SSLContext):
+    """A client context whose connections are ``ClientSSLObject``s."""
+
+    sslobject_class = ClientSSLObject
+
+
+class _NameCheckingSSLObject(ClientSSLObject):
     """An SSLObject that sent no SNI and checks the peer's names after the handshake."""
 
     expected_name: str | None = None
@@ -120,7 +164,7 @@ class _NameCheckingSSLObject(ssl.SSLObject):
             raise err
 
 
-class NoSNIContext(ssl.SSLContext):
+class NoSNIContext(ClientContext):
     """A client context that never sends SNI but still verifies the server's name."""
 
     sslobject_class = _NameCheckingSSLObject
@@ -153,7 +197,7 @@ def build_context(
 
     ``send_sni=False`` gives a ``NoSNIContext``. The context is not to be changed afterwards.
     """
-    cls = ssl.SSLContext if send_sni else NoSNIContext
+    cls = ClientContext if send_sni else NoSNIContext
     ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED

@@ -9,7 +9,6 @@ hands a connection opened under one key to a job that needs another.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import itertools
 import logging
@@ -44,9 +43,13 @@ VaultLoader = Callable[[ProfileConfig], Awaitable[ProfileMaterial]]
 _GENERATIONS = itertools.count(1)
 
 
-@dataclass
+@dataclass(slots=True)
 class Identity:
-    """One credential identity and its TLS contexts (one sending SNI, one not)."""
+    """One credential identity and its TLS contexts (one sending SNI, one not).
+
+    The client certificate's facts every job needs (validity, subject, fingerprint) are read
+    once, when the identity is made; the material itself stays as text (``KeyMaterial``).
+    """
 
     key: str
     profile: str | None
@@ -55,30 +58,21 @@ class Identity:
     port: int = 443
     pins: tuple[str, ...] = ()  # the server's key must match one (``.pin``)
     revocation: RevocationPolicy | None = None  # is the server's certificate revoked?
+    # not-before and not-after in seconds since the epoch; None: no client certificate
+    validity: tuple[float, float] | None = field(init=False, default=None)
+    client_subject: str | None = field(init=False, default=None)
+    client_fingerprint: str | None = field(init=False, default=None)  # SHA-256, hex
     _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
     _building: dict[bool, asyncio.Future[ssl.SSLContext]] = field(default_factory=dict, repr=False)
 
-    @functools.cached_property
-    def validity(self) -> tuple[float, float] | None:
-        """The client certificate's not-before and not-after, in seconds since the epoch."""
+    def __post_init__(self) -> None:
         client = self.material.client
         if client is None:
-            return None
+            return
         leaf = client.leaf
-        return leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
-
-    @functools.cached_property
-    def client_subject(self) -> str | None:
-        client = self.material.client
-        return client.subject if client else None
-
-    @functools.cached_property
-    def client_fingerprint(self) -> str | None:
-        """The client certificate's SHA-256 fingerprint (hex), as ``openssl x509 -fingerprint``."""
-        client = self.material.client
-        if client is None:
-            return None
-        return client.leaf.fingerprint(hashes.SHA256()).hex()
+        self.validity = leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
+        self.client_subject = leaf.subject.rfc4514_string()
+        self.client_fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
 
     def contexts(self) -> list[ssl.SSLContext]:
         """The SSL contexts built so far (connections made with them are this identity's)."""
