@@ -5,6 +5,7 @@ metrics the alert rules read, from a daemon running real profiles against a real
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from lxml import html
 from agent.commands.demo.demoserver import DemoServer
 from agent.jobs.results import ErrorInfo, Result
 from agent.queues.sqlite import SqliteQueue
+from agent.service import metrics as metrics_module
 from agent.service.status import MESSAGE_CHARS, RecentErrors, Throughput
 from tests.support.cli import arun_agent, log_line, start_daemon
 from tests.support.configs import P, profile_config
@@ -246,3 +248,20 @@ def test_recent_errors_are_bounded_in_number_and_length() -> None:
         {"kind": "timeout", "count": 12, "last": summary["last"][0]},
     ]
     assert Result.failed("x", "timeout", "m").error == ErrorInfo("timeout", "m")
+
+
+def test_certificate_days_are_worked_out_at_each_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The expiry gauge counts from the scrape, not from the last certificate check, and a
+    forgotten profile (removed by a reload) leaves the exposition."""
+    m = metrics_module.Metrics()
+    clock = 1_000_000.0
+    monkeypatch.setattr(metrics_module.time, "time", lambda: clock)
+    m.certificate("partner", dt.datetime.fromtimestamp(clock + 10 * 86400, dt.UTC))
+    m.certificate("no-cert", None)
+    key = ("agent_client_certificate_days_left", (("profile", "partner"),))
+    assert samples(m.render().decode())[key] == 10.0
+    clock += 2.5 * 86400
+    got = samples(m.render().decode())
+    assert got[key] == 7.5 and m.cert_days_profiles() == ["partner"]
+    m.forget_profile("partner")
+    assert key not in samples(m.render().decode())

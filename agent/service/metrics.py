@@ -12,12 +12,13 @@ workers (gauges: the largest value among live workers).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent.jobs.results import Result
@@ -28,6 +29,28 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TARGET_SERIES = 100  # targets shown in agent_target_* at most
 CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class CertificateDays:
+    """``agent_client_certificate_days_left``, worked out at each scrape from the profiles'
+    expiry: one number a profile instead of a gauge of its own (0.7 KiB each, which counts at
+    thousands of profiles), and the days are as of the scrape, not of the last check."""
+
+    NAME = "agent_client_certificate_days_left"
+    HELP = "Days until the profile's client certificate expires (negative: expired)"
+
+    def __init__(self) -> None:
+        self.expiry: dict[str, float] = {}  # profile → not-after, seconds since the epoch
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["profile"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["profile"])
+        now = time.time()
+        for profile, not_after in sorted(self.expiry.items()):
+            family.add_metric([profile], round((not_after - now) / 86400, 3))
+        yield family
 
 
 class Metrics:
@@ -79,13 +102,8 @@ class Metrics:
         )
 
     def _credential_metrics(self, r: CollectorRegistry) -> None:
-        self.cert_days = Gauge(
-            "agent_client_certificate_days_left",
-            "Days until the profile's client certificate expires (negative: expired)",
-            ["profile"],
-            registry=r,
-            multiprocess_mode="livemax",
-        )
+        self.cert_days = CertificateDays()
+        r.register(self.cert_days)
         self.vault_errors = Counter("agent_vault_errors", "Vault requests that failed", registry=r)
         self.cyberark_errors = Counter(
             "agent_cyberark_errors",
@@ -228,20 +246,14 @@ class Metrics:
         if not_after is None:
             self.forget_profile(profile)
             return
-        left = (not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
-        self.cert_days.labels(profile).set(round(left, 3))
+        self.cert_days.expiry[profile] = not_after.timestamp()
 
     def cert_days_profiles(self) -> list[str]:
         """Profiles with an expiry gauge (to forget those a reload removed)."""
-        return [
-            sample.labels["profile"]
-            for family in self.cert_days.collect()
-            for sample in family.samples
-        ]
+        return list(self.cert_days.expiry)
 
     def forget_profile(self, profile: str) -> None:
-        with contextlib.suppress(KeyError):
-            self.cert_days.remove(profile)
+        self.cert_days.expiry.pop(profile, None)
 
     def renewal_failed(self, profile: str) -> None:
         self.renewal_failures.labels(profile).inc()
@@ -257,6 +269,7 @@ class Metrics:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+        registry.register(self.cert_days)  # this worker's view: all run the same checks
         return generate_latest(registry)
 
 
