@@ -4,6 +4,7 @@ one session per runtime state's network."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from agent.engine.engine import Engine
 from agent.errors import ConfigError
 from agent.http.aiohttp_adapter import WatchedConnector
 from agent.http.transport import Network, Transport
-from agent.tls.context import ClientSSLObject
+from agent.tls.context import ClientContext, ClientSSLObject
 from tests.support.configs import profile_config, tls_config
 from tests.support.engines import running_engine
 from tests.support.jobs import make_job
@@ -117,6 +118,14 @@ async def test_connections_to_one_server_share_its_decoded_certificate(
         objects = [t.get_extra_info("ssl_object") for t in transports if t is not None]
         assert all(isinstance(o, ClientSSLObject) for o in objects)
         assert objects[0].getpeercert(binary_form=True) == objects[1].getpeercert(True)
+    unverified = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    _, writer = await asyncio.open_connection("127.0.0.1", nginx_ports.plain, ssl=unverified)
+    try:
+        assert writer.get_extra_info("peercert") == {}  # not verified: never the shared one
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 async def test_idle_connections_over_the_bound_close_least_recently_used_first(

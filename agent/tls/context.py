@@ -123,6 +123,8 @@ class ClientSSLObject(ssl.SSLObject):
         der = super().getpeercert(binary_form=True)
         if binary_form or der is None:
             return der
+        if self.context.verify_mode == ssl.CERT_NONE:
+            return super().getpeercert()  # not verified: {} whatever was seen before
         shared = _peer_certs.get(der)
         if shared is not None:
             _peer_certs.move_to_end(der)
