@@ -79,7 +79,7 @@ async def test_a_cookie_one_job_was_given_is_never_sent_with_another(
     tmp_path: Path, server_pki: ServerPKI, nginx_ports: NginxPorts
 ) -> None:
     """Jobs come from many teams: a partner's Set-Cookie answering one job is not kept for the
-    next, whether it uses the same profile, another one or none, on the same connection or not."""
+    next, whether it uses the same profile (the same connection) or another (another one)."""
     config = tls_config(tmp_path, server_pki)
     base = f"https://alpha.test:{nginx_ports.plain}"
     async with running_engine(config) as engine:
